@@ -257,3 +257,33 @@ def load_config(path: str | Path) -> MeshConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping, got {type(data).__name__}")
     return config_from_dict(data, source=str(path))
+
+
+def mongo_sidecar_config(
+    *,
+    listen: tuple[str, int],
+    upstream: tuple[str, int],
+    admin: tuple[str, int] | None = ("127.0.0.1", 9901),
+    stat_prefix: str = "mongo",
+    filters: list[MongoFilterConfig] | None = None,
+    **listener_options: Any,
+) -> MeshConfig:
+    """The configuration ``meshproxy sidecar mongo`` runs: one listener in front of one upstream."""
+    listener: dict[str, Any] = {
+        "name": stat_prefix,
+        "address": listen,
+        "protocol": "mongo",
+        "cluster": "upstream",
+        "stat_prefix": stat_prefix,
+        **listener_options,
+    }
+    if filters is not None:
+        listener["filters"] = filters
+    return config_from_dict(
+        {
+            "admin": None if admin is None else {"address": admin},
+            "listeners": [listener],
+            "clusters": [{"name": "upstream", "hosts": [upstream]}],
+        },
+        source="<sidecar>",
+    )

@@ -1,0 +1,131 @@
+"""A cluster: named upstream hosts and the stats Envoy keeps for them.
+
+This is the minimal cluster the sidecar needs (one or a few hosts, picked in turn). Load balancing
+policies, health checking and outlier detection (issue 5) plug in here without changing the callers:
+sessions only ever ask ``pick()`` for a host and report connection outcomes to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshproxy.config import ClusterConfig
+from meshproxy.stats import Counter, Gauge, StatsStore
+
+
+@dataclass(slots=True)
+class HostStats:
+    cx_total: Counter
+    cx_active: Gauge
+    cx_connect_fail: Counter
+    rq_total: Counter
+    rq_active: Gauge
+
+
+@dataclass(slots=True)
+class Host:
+    """One upstream endpoint."""
+
+    address: tuple[str, int]
+    stats: HostStats
+    healthy: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    upstream_cx_total: Counter
+    upstream_cx_active: Gauge
+    upstream_cx_connect_fail: Counter
+    upstream_cx_connect_timeout: Counter
+    upstream_cx_destroy_local: Counter
+    upstream_cx_destroy_remote: Counter
+    upstream_cx_rx_bytes_total: Counter
+    upstream_cx_tx_bytes_total: Counter
+    upstream_rq_total: Counter
+    upstream_rq_active: Gauge
+
+
+def _cluster_stats(stats: StatsStore, name: str) -> ClusterStats:
+    def counter(stat: str) -> Counter:
+        return stats.counter(
+            f"cluster.{name}.{stat}", prom=f"meshproxy_cluster_{stat.removesuffix('_total')}",
+            labels={"cluster": name},
+        )
+
+    def gauge(stat: str) -> Gauge:
+        return stats.gauge(f"cluster.{name}.{stat}", prom=f"meshproxy_cluster_{stat}", labels={"cluster": name})
+
+    return ClusterStats(
+        upstream_cx_total=counter("upstream_cx_total"),
+        upstream_cx_active=gauge("upstream_cx_active"),
+        upstream_cx_connect_fail=counter("upstream_cx_connect_fail"),
+        upstream_cx_connect_timeout=counter("upstream_cx_connect_timeout"),
+        upstream_cx_destroy_local=counter("upstream_cx_destroy_local"),
+        upstream_cx_destroy_remote=counter("upstream_cx_destroy_remote"),
+        upstream_cx_rx_bytes_total=counter("upstream_cx_rx_bytes_total"),
+        upstream_cx_tx_bytes_total=counter("upstream_cx_tx_bytes_total"),
+        upstream_rq_total=counter("upstream_rq_total"),
+        upstream_rq_active=gauge("upstream_rq_active"),
+    )
+
+
+@dataclass(slots=True)
+class Cluster:
+    """Hosts of one upstream service, picked in turn."""
+
+    name: str
+    hosts: list[Host]
+    connect_timeout: float
+    stats: ClusterStats
+    _next: int = field(default=0, repr=False)
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig, stats: StatsStore) -> Cluster:
+        hosts = []
+        for address in config.hosts:
+            host_name = f"{address[0]}:{address[1]}"
+            labels = {"cluster": config.name, "host": host_name}
+
+            def counter(stat: str, labels: dict[str, str] = labels, host_name: str = host_name) -> Counter:
+                return stats.counter(
+                    f"cluster.{config.name}.host.{host_name}.{stat}",
+                    prom=f"meshproxy_cluster_host_{stat.removesuffix('_total')}",
+                    labels=labels,
+                )
+
+            def gauge(stat: str, labels: dict[str, str] = labels, host_name: str = host_name) -> Gauge:
+                return stats.gauge(
+                    f"cluster.{config.name}.host.{host_name}.{stat}",
+                    prom=f"meshproxy_cluster_host_{stat}",
+                    labels=labels,
+                )
+
+            hosts.append(
+                Host(
+                    address=address,
+                    stats=HostStats(
+                        cx_total=counter("cx_total"),
+                        cx_active=gauge("cx_active"),
+                        cx_connect_fail=counter("cx_connect_fail"),
+                        rq_total=counter("rq_total"),
+                        rq_active=gauge("rq_active"),
+                    ),
+                )
+            )
+        return cls(
+            name=config.name,
+            hosts=hosts,
+            connect_timeout=config.connect_timeout,
+            stats=_cluster_stats(stats, config.name),
+        )
+
+    def pick(self) -> Host:
+        """The next host in turn, preferring healthy ones (all of them when none is healthy)."""
+        candidates = [h for h in self.hosts if h.healthy] or self.hosts
+        host = candidates[self._next % len(candidates)]
+        self._next += 1
+        return host

@@ -1,0 +1,247 @@
+"""The proxy as one object: build it from a ``MeshConfig`` and run it, from the CLI or from service code.
+
+Three ways to hold it:
+
+- ``async with Proxy(config) as proxy:`` in async code (anyio, asyncio backend; the data path needs the
+  asyncio event loop, so trio is not supported);
+- ``with ProxyThread(config) as proxy:`` from synchronous code (a blocking driver such as pymongo in the
+  same process): the proxy runs on its own uvloop event loop in a background thread;
+- ``run(config)``: what ``meshproxy run`` / ``meshproxy sidecar`` call; blocks until SIGTERM or SIGINT,
+  then drains gracefully.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from meshproxy.admin import AdminServer, AdminState, ClusterStatus, HostStatus
+from meshproxy.cluster import Cluster
+from meshproxy.config import MeshConfig
+from meshproxy.stats import StatsStore
+from meshproxy.transport.listener import ListenerRuntime
+
+log = logging.getLogger("meshproxy")
+
+T = TypeVar("T")
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Proxy:
+    """Listeners, clusters and the admin endpoint described by one configuration."""
+
+    def __init__(self, config: MeshConfig, *, stats: StatsStore | None = None) -> None:
+        self.config = config
+        self.stats = stats if stats is not None else StatsStore()
+        self.state = AdminState()
+        self.clusters = {c.name: Cluster.from_config(c, self.stats) for c in config.clusters}
+        self.listeners = {
+            lc.name: ListenerRuntime(lc, self.clusters[lc.cluster], self.stats) for lc in config.listeners
+        }
+        self.admin: AdminServer | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self._task_group: TaskGroup | None = None
+        self._drained = False
+
+    # -- running --------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Proxy:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            for listener in self.listeners.values():
+                await listener.start()
+            if self.config.admin is not None:
+                self.admin = AdminServer(
+                    self.stats,
+                    address=self.config.admin.address,
+                    state=self.state,
+                    clusters=self.cluster_status,
+                    config_dump=self.config_dump,
+                )
+                self.admin_address = await self._task_group.start(self.admin.serve)
+                log.info("admin on http://%s:%d/", *self.admin_address)
+        except BaseException:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            raise
+        self.state.live = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.drain()
+        finally:
+            assert self._task_group is not None
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting; let in-flight operations finish up to ``timeout`` (config's drain_timeout);
+        then close every connection. Idempotent."""
+        if self._drained:
+            return
+        self._drained = True
+        self.state.draining = True
+        self.state.live = False
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        async with anyio.create_task_group() as group:
+            for listener in self.listeners.values():
+                group.start_soon(listener.drain, timeout)
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        """The bound address of a listener (useful with port 0)."""
+        return self.listeners[name].address
+
+    # -- admin views ----------------------------------------------------------------------------------
+
+    def cluster_status(self) -> list[ClusterStatus]:
+        return [
+            ClusterStatus(
+                name=cluster.name,
+                hosts=[
+                    HostStatus(
+                        address=host.name,
+                        cx_active=int(host.stats.cx_active.value),
+                        rq_active=int(host.stats.rq_active.value),
+                        rq_total=host.stats.rq_total.value,
+                        cx_connect_fail=host.stats.cx_connect_fail.value,
+                        healthy=host.healthy,
+                    )
+                    for host in cluster.hosts
+                ],
+            )
+            for cluster in self.clusters.values()
+        ]
+
+    def config_dump(self) -> dict[str, Any]:
+        dump: dict[str, Any] = self.config.model_dump(mode="json")
+        dump["bound"] = {
+            "listeners": {name: list(listener.address) for name, listener in self.listeners.items()},
+            "admin": list(self.admin_address) if self.admin_address else None,
+        }
+        return dump
+
+
+def run(config: MeshConfig) -> int:
+    """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
+
+    async def main() -> None:
+        async with Proxy(config) as proxy:
+            for name, listener in proxy.listeners.items():
+                log.info("listening: %s on %s:%d", name, *listener.address)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info(
+                        "%s: draining (up to %.1fs)", signal.Signals(signum).name, config.drain_timeout
+                    )
+                    break
+
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()})
+    return 0
+
+
+class ProxyThread:
+    """A ``Proxy`` on its own event loop in a daemon thread, for synchronous callers and tests.
+
+    ``call(fn)`` runs an async function on the proxy's loop and returns its result.
+    """
+
+    def __init__(self, config: MeshConfig, *, stats: StatsStore | None = None, start_timeout: float = 10.0):
+        self.config = config
+        self._stats = stats
+        self._start_timeout = start_timeout
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._proxy: Proxy | None = None
+        self._token: Any = None
+        self._stop: anyio.Event | None = None
+
+    @property
+    def proxy(self) -> Proxy:
+        if self._proxy is None:
+            raise RuntimeError("the proxy is not running")
+        return self._proxy
+
+    @property
+    def stats(self) -> StatsStore:
+        return self.proxy.stats
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        return self.proxy.admin_address
+
+    def listener_address(self, name: str) -> tuple[str, int]:
+        return self.proxy.listener_address(name)
+
+    def __enter__(self) -> ProxyThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="meshproxy", daemon=True)
+        self._thread.start()
+        if not self._started.wait(self._start_timeout):
+            raise TimeoutError("meshproxy did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        async def main() -> None:
+            try:
+                self._stop = anyio.Event()
+                self._token = anyio.lowlevel.current_token()
+                async with Proxy(self.config, stats=self._stats) as proxy:
+                    self._proxy = proxy
+                    self._started.set()
+                    await self._stop.wait()
+            except BaseException as exc:
+                self._error = exc
+                raise
+            finally:
+                self._started.set()
+
+        try:
+            anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()})
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` on the proxy's event loop and wait for its result."""
+        return anyio.from_thread.run(fn, token=self._token)
+
+    def stop(self) -> None:
+        """Drain and stop; blocks until the thread has finished."""
+        if self._thread is None:
+            return
+        if self._stop is not None and self._thread.is_alive():
+            stop = self._stop
+            anyio.from_thread.run_sync(stop.set, token=self._token)
+        self._thread.join()
+        self._thread = None

@@ -1,0 +1,3 @@
+"""Sockets live here and nowhere else: listeners, relays and the per-protocol sessions."""
+
+from __future__ import annotations

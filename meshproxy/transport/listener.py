@@ -1,0 +1,235 @@
+"""Listeners: accept connections, give each one a session for its protocol, drain them on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from meshproxy.codecs import sniff
+from meshproxy.config import ListenerConfig
+from meshproxy.filters.mongo.factory import build_mongo_filters
+from meshproxy.stats import Counter, Gauge, StatsStore
+from meshproxy.transport.mongo_session import MongoSession
+from meshproxy.transport.relay import Relay
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+
+log = logging.getLogger("meshproxy.listener")
+
+SNIFF_TIMEOUT = 1.0
+"""With ``protocol: auto``, a client silent this long is relayed as plain TCP (server-speaks-first protocols)."""
+SNIFF_MAX_BYTES = 64
+"""No sniffer needs more than this many bytes to decide; past it the connection is plain TCP."""
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    downstream_cx_total: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_destroy: Counter
+    downstream_cx_idle_timeout: Counter
+    downstream_cx_protocol: Callable[[str], Counter]
+
+
+@dataclass(slots=True)
+class MongoSessionStats:
+    """Stats the Mongo session itself keeps, whatever filters are configured."""
+
+    decoding_error: Counter
+    unexpected_reply: Counter
+    cx_drain_close: Counter
+
+
+class ListenerRuntime:
+    """A bound listener and the sessions it owns."""
+
+    def __init__(self, config: ListenerConfig, cluster: Cluster, stats: StatsStore) -> None:
+        self.config = config
+        self.name = config.name
+        self.cluster = cluster
+        self.idle_timeout = config.idle_timeout
+        self.sessions: set[Relay] = set()
+        self._server: asyncio.Server | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.address: tuple[str, int] = config.address
+        self.advertised_address: tuple[str, int] = config.address
+        name = config.name
+        labels = {"listener": name}
+        self.stats = ListenerStats(
+            downstream_cx_total=stats.counter(
+                f"listener.{name}.downstream_cx_total", prom="meshproxy_listener_downstream_cx", labels=labels
+            ),
+            downstream_cx_active=stats.gauge(
+                f"listener.{name}.downstream_cx_active",
+                prom="meshproxy_listener_downstream_cx_active",
+                labels=labels,
+            ),
+            downstream_cx_destroy=stats.counter(
+                f"listener.{name}.downstream_cx_destroy",
+                prom="meshproxy_listener_downstream_cx_destroy",
+                labels=labels,
+            ),
+            downstream_cx_idle_timeout=stats.counter(
+                f"listener.{name}.downstream_cx_idle_timeout",
+                prom="meshproxy_listener_downstream_cx_idle_timeout",
+                labels=labels,
+            ),
+            downstream_cx_protocol=lambda protocol: stats.counter(
+                f"listener.{name}.protocol.{protocol}",
+                prom="meshproxy_listener_protocol_cx",
+                labels={"listener": name, "protocol": protocol},
+            ),
+        )
+        prefix = config.prefix
+        mongo_labels = {"prefix": prefix}
+        self.mongo_stats = MongoSessionStats(
+            decoding_error=stats.counter(
+                f"mongo.{prefix}.decoding_error", prom="meshproxy_mongo_decoding_error", labels=mongo_labels
+            ),
+            unexpected_reply=stats.counter(
+                f"mongo.{prefix}.unexpected_reply", prom="meshproxy_mongo_unexpected_reply", labels=mongo_labels
+            ),
+            cx_drain_close=stats.counter(
+                f"mongo.{prefix}.cx_drain_close", prom="meshproxy_mongo_cx_drain_close", labels=mongo_labels
+            ),
+        )
+        self._stats_store = stats
+        self.mongo_filters = []  # built in start(), once the advertised address is known
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.config.address
+        self._server = await loop.create_server(
+            self._protocol_factory,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
+            backlog=1024,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        advertised_host = "127.0.0.1" if self.address[0] in ("0.0.0.0", "::", "") else self.address[0]
+        self.advertised_address = (advertised_host, self.address[1])
+        self.mongo_filters = build_mongo_filters(
+            list(self.config.filters),
+            stats=self._stats_store,
+            prefix=self.config.prefix,
+            listener_address=self.advertised_address,
+        )
+        log.info(
+            "listener %s (%s) on %s:%d -> cluster %s",
+            self.name, self.config.protocol, self.address[0], self.address[1], self.cluster.name,
+        )
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting; let in-flight operations finish for up to ``timeout`` seconds; then close."""
+        self.stop_accepting()
+        for session in list(self.sessions):
+            session.drain()
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        for session in list(self.sessions):
+            session.close(local=True)
+        for f in self.mongo_filters:
+            f.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def _protocol_factory(self) -> asyncio.Protocol:
+        connection_id = next(_connection_ids)
+        protocol = self.config.protocol
+        if protocol == "mongo":
+            return MongoSession(self, connection_id)
+        if protocol == "tcp":
+            return Relay(self, connection_id)
+        return _Sniffer(self, connection_id)
+
+    def session_for(self, protocol: str, connection_id: int) -> Relay:
+        self.stats.downstream_cx_protocol(protocol).inc()
+        if protocol in ("mongodb", "mongo"):
+            return MongoSession(self, connection_id)
+        return Relay(self, connection_id)
+
+    def connection_opened(self, session: Relay) -> None:
+        self.sessions.add(session)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self.stats.downstream_cx_total.inc()
+        self.stats.downstream_cx_active.inc()
+
+    def connection_closed(self, session: Relay) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.stats.downstream_cx_active.dec()
+            self.stats.downstream_cx_destroy.inc()
+            if not self.sessions:
+                self._idle.set()
+
+
+class _Sniffer(asyncio.Protocol):
+    """Holds a new connection's first bytes until a codec claims them, then hands over to its session."""
+
+    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+        self.listener = listener
+        self.connection_id = connection_id
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.decided = False
+        self.session: Relay | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timer = asyncio.get_running_loop().call_later(SNIFF_TIMEOUT, self._decide, "tcp")
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        verdict = sniff.sniff(self.buffer)
+        if verdict is None and len(self.buffer) < SNIFF_MAX_BYTES:
+            return
+        self._decide(verdict or "tcp")
+
+    def eof_received(self) -> bool:
+        self._decide("tcp")
+        return self.session.eof_received() if self.session is not None else False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.decided = True
+
+    def _decide(self, protocol: str) -> None:
+        if self.decided or self.transport is None:
+            return
+        self.decided = True
+        if self.timer is not None:
+            self.timer.cancel()
+        session = self.session = self.listener.session_for(protocol, self.connection_id)
+        self.transport.set_protocol(session)
+        session.connection_made(self.transport)
+        if self.buffer:
+            session.data_received(self.buffer)

@@ -1,0 +1,231 @@
+"""The Mongo proxy session: codec + filter chain + relay, for one client connection.
+
+Requests are decoded as they arrive, turned into ``MongoOperation`` objects, passed through the filters and
+forwarded as whole messages: the original bytes when no filter changed anything, ``encode(new)`` when one
+did. Replies are matched to their operation by ``responseTo``; a reply flagged ``moreToCome`` (exhaust
+cursors, streamed ``hello``) keeps its operation open under the reply's own ``requestID``, which is what
+the next streamed reply answers.
+
+Only whole messages are forwarded, never a prefix: a filter may still rewrite a message (the ``hello``
+topology rewrite) or refuse it, and a malformed message is never half-delivered.
+
+Order is kept per connection: when a filter delays a request, the connection's later requests wait
+behind it, as they would at a slow server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from meshproxy.codecs.errors import DecodeError
+from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, encode
+from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation
+from meshproxy.transport.relay import Relay
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshproxy.transport.listener import ListenerRuntime
+
+log = logging.getLogger("meshproxy.mongo")
+
+_HANDSHAKE_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
+
+_now_ns = time.monotonic_ns
+
+
+def _join(chunks: list[bytes]) -> bytes:
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class MongoSession(Relay):
+    """A Mongo client connection through the proxy."""
+
+    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+        super().__init__(listener, connection_id)
+        limit = listener.config.max_message_size
+        self.request_decoder = MongoDecoder(max_message_size=limit)
+        self.reply_decoder = MongoDecoder(max_message_size=limit)
+        self.filters: list[MongoFilter] = listener.mongo_filters
+        self.mongo_stats = listener.mongo_stats
+        self.pending: dict[int, MongoOperation] = {}
+        self.passthrough = False
+        """Set after a decode error under the ``passthrough`` policy: bytes flow untouched from then on."""
+        self._held: list[MongoMessage] | None = None
+        """Requests waiting behind a delayed one (None when nothing is delayed)."""
+        self._delay_handle: asyncio.TimerHandle | None = None
+        self._draining = False
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        for f in self.filters:
+            f.on_connection_open(self.info)
+
+    def on_downstream_data(self, data: bytes) -> None:
+        if self.passthrough:
+            self.send_upstream(data)
+            return
+        try:
+            messages = self.request_decoder.feed(data)
+        except DecodeError as error:
+            self._decode_failed(error, self.request_decoder, "request")
+            return
+        if not messages:
+            return
+        if self._held is not None:
+            self._held.extend(messages)
+            return
+        self._process_requests(messages)
+
+    def _process_requests(self, messages: list[MongoMessage]) -> None:
+        now = _now_ns()
+        out: list[bytes] = []
+        for index, message in enumerate(messages):
+            op = MongoOperation(self.info, message, now)
+            delay = self._run_request_filters(op, 0, out)
+            if delay is not None:
+                if out:
+                    self.send_upstream(_join(out))
+                self._hold(op, delay, messages[index + 1 :])
+                return
+        if out:
+            self.send_upstream(_join(out))
+
+    def _run_request_filters(self, op: MongoOperation, first: int, out: list[bytes]) -> tuple[int, float] | None:
+        """Run filters ``first..`` on ``op``; forward, answer locally, or return (filter index, delay)."""
+        filters = self.filters
+        for index in range(first, len(filters)):
+            action = filters[index].on_request(op)
+            if action is None:
+                continue
+            if isinstance(action, Delay):
+                return index, action.seconds
+            if isinstance(action, LocalReply):
+                self._answer_locally(op, action, index)
+                return None
+        request = op.request
+        if op.expects_reply:
+            self.pending[request.header.request_id] = op
+        out.append(encode(request) if op.request_replaced else request.raw)
+        return None
+
+    def _answer_locally(self, op: MongoOperation, action: LocalReply, index: int) -> None:
+        op.response = action.reply
+        op.local_reply = True
+        op.replies = 1
+        op.finished_ns = _now_ns()
+        for f in reversed(self.filters[: index + 1]):
+            f.on_response(op)
+        response = op.response
+        assert response is not None
+        self.send_downstream(encode(response) if op.response_replaced else response.raw)
+        self._maybe_drain_close()
+
+    def _hold(self, op: MongoOperation, position: tuple[int, float], rest: list[MongoMessage]) -> None:
+        filter_index, seconds = position
+        self._held = list(rest)
+        self._delay_handle = self.loop.call_later(seconds, self._release, op, filter_index + 1)
+
+    def _release(self, op: MongoOperation, next_filter: int) -> None:
+        """A delay elapsed: finish ``op``'s chain, then the requests that queued behind it."""
+        self._delay_handle = None
+        if self.closed:
+            return
+        held, self._held = self._held or [], None
+        out: list[bytes] = []
+        position = self._run_request_filters(op, next_filter, out)
+        if out:
+            self.send_upstream(_join(out))
+        if position is not None:
+            self._hold(op, position, held)
+        elif held:
+            self._process_requests(held)
+        self._maybe_drain_close()
+
+    # -- replies --------------------------------------------------------------------------------------
+
+    def on_upstream_data(self, data: bytes) -> None:
+        if self.passthrough:
+            self.send_downstream(data)
+            return
+        try:
+            messages = self.reply_decoder.feed(data)
+        except DecodeError as error:
+            self._decode_failed(error, self.reply_decoder, "reply")
+            return
+        if not messages:
+            return
+        now = _now_ns()
+        pending = self.pending
+        out: list[bytes] = []
+        for message in messages:
+            header = message.header
+            op = pending.pop(header.response_to, None)
+            if op is None:
+                self.mongo_stats.unexpected_reply.inc()
+                out.append(message.raw)
+                continue
+            op.response = message
+            op.response_replaced = False
+            op.replies += 1
+            op.finished_ns = now
+            for f in reversed(self.filters):
+                f.on_response(op)
+            if op.more_to_come:
+                pending[header.request_id] = op
+            response = op.response
+            out.append(encode(response) if op.response_replaced else response.raw)
+        self.send_downstream(_join(out))
+        if self._draining:
+            self._maybe_drain_close()
+
+    # -- errors, drain, close -------------------------------------------------------------------------
+
+    def _decode_failed(self, error: DecodeError, decoder: MongoDecoder, direction: str) -> None:
+        self.mongo_stats.decoding_error.inc()
+        policy = self.listener.config.on_decode_error
+        log.warning(
+            "listener %s: connection %d from %s: undecodable %s (%s); %s",
+            self.listener.name, self.connection_id, self.info.client, direction, error,
+            "passing the rest of the connection through" if policy == "passthrough" else "closing it",
+        )
+        if policy == "passthrough":
+            # Stop decoding this connection both ways and pass the undecoded bytes on as they are.
+            self.passthrough = True
+            leftover = decoder.unconsumed()
+            if leftover:
+                if direction == "request":
+                    self.send_upstream(leftover)
+                else:
+                    self.send_downstream(leftover)
+            return
+        self.close(local=True)
+
+    @property
+    def busy(self) -> bool:
+        if self._held is not None:
+            return True
+        # Awaitable hello / streamed monitoring checks can wait for many seconds by design: they are not
+        # work a drain has to wait for.
+        return any(op.command not in _HANDSHAKE_COMMANDS for op in self.pending.values())
+
+    def drain(self) -> None:
+        self._draining = True
+        self._maybe_drain_close()
+
+    def _maybe_drain_close(self) -> None:
+        if self._draining and not self.closed and not self.busy:
+            self.mongo_stats.cx_drain_close.inc()
+            self.close(local=True)
+
+    def on_close(self, *, local: bool) -> None:
+        if self._delay_handle is not None:
+            self._delay_handle.cancel()
+        active = len(self.pending) + (len(self._held) if self._held else 0)
+        for f in self.filters:
+            f.on_connection_close(self.info, active_operations=active, local=local)
+        self.pending.clear()
+        self._held = None

@@ -1,0 +1,289 @@
+"""One downstream connection joined to one upstream connection, on asyncio Protocol callbacks.
+
+Why callbacks and not anyio streams: measured on this machine, a forwarder on asyncio Protocols + uvloop
+moves ~3x the operations per second of the same forwarder on anyio byte streams (design.md, principle 5).
+So bytes flow ``data_received -> on_downstream_data -> transport.write`` with no task switch; anyio owns the
+structure around it (the listener's task group, drain, the public async API).
+
+``Relay`` is the plain TCP relay and the base of protocol sessions: a subclass overrides
+``on_downstream_data`` / ``on_upstream_data`` to decode, run filters and forward. It handles:
+
+- dialling the upstream with the cluster's connect timeout while buffering early client bytes (bounded:
+  reading pauses past ``BACKLOG_LIMIT``);
+- backpressure both ways: when one side's write buffer passes the transport's high-water mark
+  (``pause_writing``), the other side stops reading until it drains (``resume_writing``);
+- half-close: an EOF from one side is passed on as ``write_eof`` and the other direction keeps flowing;
+- an idle timeout (no bytes either way), checked by a timer that is re-armed at most once per period, so
+  the per-read cost of tracking activity is one attribute store;
+- close bookkeeping for stats and for the listener's drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from meshproxy.filters.mongo.api import ConnectionInfo
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Host
+    from meshproxy.transport.listener import ListenerRuntime
+
+log = logging.getLogger("meshproxy.transport")
+
+BACKLOG_LIMIT = 1 << 20
+"""Client bytes buffered while the upstream connection is being dialled (1 MiB) before reading pauses."""
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    """Forwards the upstream socket's callbacks to its relay."""
+
+    __slots__ = ("relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        relay.active = True
+        relay.cluster_stats_rx.value += len(data)
+        relay.on_upstream_data(data)
+
+    def eof_received(self) -> bool:
+        return self.relay.upstream_eof()
+
+    def pause_writing(self) -> None:
+        self.relay.down_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.relay.down_transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.upstream_lost(exc)
+
+
+class Relay(asyncio.Protocol):
+    """A downstream connection and its upstream twin. Subclasses add a protocol on top."""
+
+    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+        self.listener = listener
+        self.connection_id = connection_id
+        self.loop = asyncio.get_running_loop()
+        self.down_transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.up_transport: asyncio.Transport | None = None
+        self.host: Host | None = None
+        self.info: ConnectionInfo = None  # type: ignore[assignment]
+        self.active = False
+        self.closed = False
+        self.closed_locally = False
+        self._backlog: list[bytes] = []
+        self._backlog_size = 0
+        self._down_eof = False
+        self._up_eof = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self.cluster_stats_rx = listener.cluster.stats.upstream_cx_rx_bytes_total
+        self.cluster_stats_tx = listener.cluster.stats.upstream_cx_tx_bytes_total
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.down_transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.info = ConnectionInfo(
+            id=self.connection_id,
+            client=f"{peer[0]}:{peer[1]}",
+            listener=self.listener.name,
+            local_address=self.listener.advertised_address,
+        )
+        self.listener.connection_opened(self)
+        self.on_open()
+        self._connect_task = self.loop.create_task(self._connect_upstream())
+        if self.listener.idle_timeout > 0:
+            self._idle_handle = self.loop.call_later(self.listener.idle_timeout, self._idle_check)
+
+    async def _connect_upstream(self) -> None:
+        cluster = self.listener.cluster
+        host = self.host = cluster.pick()
+        try:
+            async with asyncio.timeout(cluster.connect_timeout):
+                transport, _ = await self.loop.create_connection(
+                    lambda: _UpstreamProtocol(self), host.address[0], host.address[1]
+                )
+        except TimeoutError:
+            cluster.stats.upstream_cx_connect_timeout.inc()
+            self._connect_failed(host, "connect timeout")
+            return
+        except OSError as exc:
+            self._connect_failed(host, exc.strerror or str(exc))
+            return
+        assert isinstance(transport, asyncio.Transport)
+        if self.closed:
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cluster.stats.upstream_cx_total.inc()
+        cluster.stats.upstream_cx_active.inc()
+        host.stats.cx_total.inc()
+        host.stats.cx_active.inc()
+        self.up_transport = transport
+        self.info.upstream = host.name
+        if self._backlog:
+            data = b"".join(self._backlog)
+            self._backlog.clear()
+            self._backlog_size = 0
+            self.cluster_stats_tx.value += len(data)
+            transport.write(data)
+            self.down_transport.resume_reading()
+        if self._down_eof and transport.can_write_eof():
+            transport.write_eof()
+
+    def _connect_failed(self, host: Host, reason: str) -> None:
+        self.listener.cluster.stats.upstream_cx_connect_fail.inc()
+        host.stats.cx_connect_fail.inc()
+        log.warning(
+            "listener %s: connection %d from %s: cannot reach upstream %s: %s",
+            self.listener.name, self.connection_id, self.info.client, host.name, reason,
+        )
+        self.close(local=True)
+
+    # -- downstream callbacks -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        self.on_downstream_data(data)
+
+    def eof_received(self) -> bool:
+        self._down_eof = True
+        if self.up_transport is not None and self.up_transport.can_write_eof():
+            self.up_transport.write_eof()
+        if self._up_eof:
+            self.close(local=False)
+            return False
+        return True  # keep the downstream open for the replies still to come
+
+    def pause_writing(self) -> None:
+        if self.up_transport is not None:
+            self.up_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up_transport is not None:
+            self.up_transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(local=False)
+
+    # -- upstream callbacks (via _UpstreamProtocol) ---------------------------------------------------
+
+    def upstream_eof(self) -> bool:
+        self._up_eof = True
+        if self.down_transport.can_write_eof():
+            self.down_transport.write_eof()
+        if self._down_eof:
+            self.close(local=False)
+            return False
+        return True
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.up_transport is not None:
+            self.listener.cluster.stats.upstream_cx_active.dec()
+            if self.host is not None:
+                self.host.stats.cx_active.dec()
+            if not self.closed:
+                self.listener.cluster.stats.upstream_cx_destroy_remote.inc()
+        self.up_transport = None
+        if not self.closed:
+            # The server went away: the client's connection cannot continue (no protocol here can
+            # resume a session on a new upstream connection transparently).
+            self.close(local=False)
+
+    # -- forwarding -----------------------------------------------------------------------------------
+
+    def send_upstream(self, data: bytes) -> None:
+        transport = self.up_transport
+        if transport is not None:
+            self.cluster_stats_tx.value += len(data)
+            transport.write(data)
+            return
+        if self.closed:
+            return
+        self._backlog.append(data)
+        self._backlog_size += len(data)
+        if self._backlog_size > BACKLOG_LIMIT:
+            self.down_transport.pause_reading()
+
+    def send_downstream(self, data: bytes) -> None:
+        if not self.closed:
+            self.down_transport.write(data)
+
+    # -- protocol hooks (override) --------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        """The downstream connection is up (the upstream is being dialled)."""
+
+    def on_downstream_data(self, data: bytes) -> None:
+        self.send_upstream(data)
+
+    def on_upstream_data(self, data: bytes) -> None:
+        self.send_downstream(data)
+
+    def on_close(self, *, local: bool) -> None:
+        """Both sides are being closed; ``local`` when the proxy decided it."""
+
+    @property
+    def busy(self) -> bool:
+        """True while work is in flight that a graceful drain should wait for. A plain TCP relay cannot
+        tell, so it is never busy: drain closes it once the listener stops (as Envoy's tcp_proxy does)."""
+        return False
+
+    def drain(self) -> None:
+        """The listener is draining: close as soon as no operation is in flight."""
+        if not self.busy:
+            self.close(local=True)
+
+    # -- closing --------------------------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        if self.closed:
+            return
+        if self.active:
+            self.active = False
+            self._idle_handle = self.loop.call_later(self.listener.idle_timeout, self._idle_check)
+            return
+        self.listener.stats.downstream_cx_idle_timeout.inc()
+        log.info("listener %s: connection %d idle, closing", self.listener.name, self.connection_id)
+        self.close(local=True)
+
+    def close(self, *, local: bool, abort: bool = False) -> None:
+        """Close both sides once; pending writes are flushed unless ``abort``."""
+        if self.closed:
+            return
+        self.closed = True
+        self.closed_locally = local
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+        try:
+            self.on_close(local=local)
+        finally:
+            if self.up_transport is not None:
+                if local:
+                    self.listener.cluster.stats.upstream_cx_destroy_local.inc()
+                if abort:
+                    self.up_transport.abort()
+                else:
+                    self.up_transport.close()
+            if abort:
+                self.down_transport.abort()
+            else:
+                self.down_transport.close()
+            self.listener.connection_closed(self)

@@ -1,0 +1,1 @@
+"""The Mongo testbed: SecantusDB + ``meshproxy sidecar mongo`` + a pymongo workload."""
