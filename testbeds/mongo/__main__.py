@@ -8,6 +8,7 @@ wire-protocol server on WiredTiger), the client is pymongo with a plain ``mongod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,6 +70,46 @@ def _print_table(stats: dict[str, str], prefix: str, counts: dict[str, int]) -> 
     console.print(extra)
 
 
+def _run_demo(db_port: int, args: argparse.Namespace) -> int:
+    listen, admin = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "meshproxy", "sidecar", "mongo",
+        "--listen", f"127.0.0.1:{listen}",
+        "--upstream", f"127.0.0.1:{db_port}",
+        "--admin", f"127.0.0.1:{admin}",
+        "--stat-prefix", args.prefix,
+    ]
+    print(f"SecantusDB on 127.0.0.1:{db_port}")
+    print("$ meshproxy " + " ".join(command[3:]))
+    sidecar = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        admin_url = f"http://127.0.0.1:{admin}"
+        wait_for_http(f"{admin_url}/ready")
+        uri = f"mongodb://127.0.0.1:{listen}"
+        print(f"pymongo workload through {uri} ...")
+        started = time.perf_counter()
+        counts = run_workload(uri, scale=args.scale)
+        elapsed = time.perf_counter() - started
+        print(f"workload done in {elapsed:.2f}s: {sum(counts.values())} operations")
+        stats = _parse_stats(fetch(f"{admin_url}/stats"))
+        _print_table(stats, args.prefix, counts)
+        print(f"admin endpoint: {admin_url}/  (stats: {admin_url}/stats, "
+              f"Prometheus: {admin_url}/stats/prometheus)")
+        if args.keep_running:
+            print("sidecar and database keep running; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                sidecar.wait()
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        try:
+            code = sidecar.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sidecar.kill()
+            code = sidecar.wait()
+    print(f"sidecar drained and exited with status {code}")
+    return 0 if code == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbeds.mongo", description=__doc__)
     parser.add_argument("--prefix", default="demo", help="stat prefix of the sidecar (default: demo)")
@@ -80,48 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from secantus import SecantusDBServer
 
-    with tempfile.TemporaryDirectory(prefix="meshproxy-demo-") as storage:
-        with SecantusDBServer(port=0, storage_path=storage) as server:
-            db_port = server.address[1]
-            listen, admin = free_port(), free_port()
-            command = [
-                sys.executable, "-m", "meshproxy", "sidecar", "mongo",
-                "--listen", f"127.0.0.1:{listen}",
-                "--upstream", f"127.0.0.1:{db_port}",
-                "--admin", f"127.0.0.1:{admin}",
-                "--stat-prefix", args.prefix,
-            ]
-            print(f"SecantusDB on 127.0.0.1:{db_port}")
-            print("$ meshproxy " + " ".join(command[3:]))
-            sidecar = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            try:
-                admin_url = f"http://127.0.0.1:{admin}"
-                wait_for_http(f"{admin_url}/ready")
-                uri = f"mongodb://127.0.0.1:{listen}"
-                print(f"pymongo workload through {uri} ...")
-                started = time.perf_counter()
-                counts = run_workload(uri, scale=args.scale)
-                elapsed = time.perf_counter() - started
-                print(f"workload done in {elapsed:.2f}s: {sum(counts.values())} operations")
-                stats = _parse_stats(fetch(f"{admin_url}/stats"))
-                _print_table(stats, args.prefix, counts)
-                print(f"admin endpoint: {admin_url}/  (stats: {admin_url}/stats, "
-                      f"Prometheus: {admin_url}/stats/prometheus)")
-                if args.keep_running:
-                    print("sidecar and database keep running; Ctrl-C to stop")
-                    try:
-                        sidecar.wait()
-                    except KeyboardInterrupt:
-                        pass
-            finally:
-                sidecar.send_signal(signal.SIGTERM)
-                try:
-                    code = sidecar.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    sidecar.kill()
-                    code = sidecar.wait()
-            print(f"sidecar drained and exited with status {code}")
-            return 0 if code == 0 else 1
+    with (
+        tempfile.TemporaryDirectory(prefix="meshproxy-demo-") as storage,
+        SecantusDBServer(port=0, storage_path=storage) as server,
+    ):
+        return _run_demo(server.address[1], args)
 
 
 if __name__ == "__main__":
