@@ -57,6 +57,9 @@ MAX_BODY_SIZE = 64 * 1024
 IDLE_TIMEOUT = 60.0
 """A keep-alive connection silent this long (or a request this slow to arrive) is closed."""
 READ_SIZE = 65536
+LINGER_TIMEOUT = 1.0
+LINGER_MAX_BYTES = 1024 * 1024
+"""After refusing a request: how long, and how much of the rest of it, we read and discard before closing."""
 
 _REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
 
@@ -292,6 +295,11 @@ class AdminServer:
                         data = b""
                 conn.receive_data(data)
             elif isinstance(event, h11.Request):
+                # h11 enforces its limit only on a head that is still incomplete; one large read can
+                # deliver a whole oversized head at once, so measure the parsed one too.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > MAX_HEAD_SIZE:
+                    raise _BadRequestError(431, f"request head over {MAX_HEAD_SIZE} bytes\n")
                 start = event
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -375,10 +383,23 @@ class AdminServer:
         await stream.send(data)
 
     async def _reply_and_close(self, conn: h11.Connection, stream: SocketStream, status: int, text: str) -> None:
-        """Answer a request we cannot serve, if the protocol state still allows an answer, then close."""
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            with contextlib.suppress(h11.LocalProtocolError):
-                await self._send(conn, stream, AdminResponse(status, text), head_only=False, close=True)
+        """Answer a request we cannot serve, if the protocol state still allows an answer, then close.
+
+        The close lingers: we stop writing, then discard what the client is still sending for a moment.
+        Closing a socket with unread input makes the kernel send a reset, which can destroy our answer
+        before the client has read it."""
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        with contextlib.suppress(h11.LocalProtocolError):
+            await self._send(conn, stream, AdminResponse(status, text), head_only=False, close=True)
+        await stream.send_eof()
+        discarded = 0
+        with anyio.move_on_after(LINGER_TIMEOUT):
+            while discarded < LINGER_MAX_BYTES:
+                try:
+                    discarded += len(await stream.receive(READ_SIZE))
+                except anyio.EndOfStream:
+                    break
 
     # -- route handlers ----------------------------------------------------------------------------------
 

@@ -432,9 +432,6 @@ class StatsStore:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def _snapshot(self, pattern: re.Pattern[str] | None = None, used_only: bool = False) -> list[_Entry]:
         with self._lock:
             entries = list(self._entries.values())

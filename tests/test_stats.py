@@ -163,7 +163,7 @@ def test_concurrent_registration_of_one_name_yields_one_object() -> None:
     for t in threads:
         t.join()
     assert len({id(c) for c in seen}) == 200
-    assert len(store) == 200
+    assert len(store.values()) == 200
 
 
 # -- counting ---------------------------------------------------------------------------------------------
