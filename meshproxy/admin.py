@@ -20,6 +20,7 @@ on each request, so the admin imports nothing from the runtime.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http
 import inspect
 import json
@@ -28,7 +29,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("meshproxy.admin")
+T = TypeVar("T")
 
 MAX_HEAD_SIZE = 16 * 1024
 """Request line + headers. h11's own default (it cites servers that use 8-16 KiB); admin requests are tiny."""
@@ -425,20 +427,30 @@ class AdminServer:
                 raise _BadRequestError(400, f"invalid filter regex {source!r}: {exc}\n") from None
         return pattern, "usedonly" in request.query
 
-    def _stats(self, request: AdminRequest) -> AdminResponse:
+    async def _stats(self, request: AdminRequest) -> AdminResponse:
         pattern, used_only = self._filters(request)
         fmt = request.param("format") or "text"
         if fmt == "text":
-            return AdminResponse(200, self.stats.text(pattern, used_only=used_only))
+            text = await self._render(self.stats.text, pattern, used_only)
+            return AdminResponse(200, text)
         if fmt == "json":
-            return AdminResponse.json(self.stats.json(pattern, used_only=used_only))
+            data = await self._render(self.stats.json, pattern, used_only)
+            return AdminResponse.json(data)
         if fmt == "prometheus":
-            return AdminResponse(200, self.stats.prometheus(pattern, used_only=used_only), PROMETHEUS)
+            return await self._prometheus(request)
         raise _BadRequestError(400, f"unknown format {fmt!r}: use text, json or prometheus\n")
 
-    def _prometheus(self, request: AdminRequest) -> AdminResponse:
+    async def _prometheus(self, request: AdminRequest) -> AdminResponse:
         pattern, used_only = self._filters(request)
-        return AdminResponse(200, self.stats.prometheus(pattern, used_only=used_only), PROMETHEUS)
+        body = await self._render(self.stats.prometheus, pattern, used_only)
+        return AdminResponse(200, body, PROMETHEUS)
+
+    @staticmethod
+    async def _render(render: Callable[..., T], pattern: re.Pattern[str] | None, used_only: bool) -> T:
+        """Render in a worker thread. The admin shares its event loop with the data path, and rendering
+        thousands of series takes tens of milliseconds (measured: 400 labelled histograms + 400 counters,
+        ~56 ms through prometheus_client); in a thread the loop keeps running between GIL switches."""
+        return await anyio.to_thread.run_sync(functools.partial(render, pattern, used_only=used_only))
 
     def _clusters_view(self, request: AdminRequest) -> AdminResponse:
         clusters = self._clusters()

@@ -563,10 +563,11 @@ class StatsStore:
                 yield gauge
             else:
                 histogram = HistogramMetricFamily(family_name, family.documentation, labels=keys)
+                les = [_go_float(b) for b in (*(family.bounds or ()), math.inf)]  # shared by the family
                 for e in members:
                     h = e.stat
                     assert isinstance(h, Histogram)
-                    buckets = [(_go_float(b), float(n)) for b, n in h.cumulative()]
+                    buckets = [(le, float(n)) for le, (_, n) in zip(les, h.cumulative(), strict=True)]
                     histogram.add_metric(list(e.label_values), buckets, h.sum)
                 yield histogram
 
