@@ -39,6 +39,7 @@ __all__ = [
     "Histogram",
     "StatsError",
     "StatsStore",
+    "escape_name",
 ]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -57,7 +58,19 @@ Kind = Literal["counter", "gauge", "histogram"]
 _PROM_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _PROM_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _NOT_PROM = re.compile(r"[^a-zA-Z0-9_]")
-_BAD_FLAT_NAME = re.compile(r"[\s\x00-\x1f\x7f]")
+_ESCAPED = re.compile(r"[\s\x00-\x1f\x7f%]")
+
+
+def escape_name(name: str) -> str:
+    """``name`` with whitespace, control characters and ``%`` written as ``%XX`` (``my orders`` ->
+    ``my%20orders``, ``100%`` -> ``100%25``; other whitespace as its UTF-8 bytes).
+
+    Flat names carry data the proxy sees (a collection called ``my orders``, a ``$comment`` callsite);
+    in ``/stats`` a name must stay one token before ``": "``. Escaping rather than refusing keeps counting
+    whatever clients send; escaping ``%`` too keeps distinct names distinct."""
+    if not _ESCAPED.search(name):
+        return name
+    return _ESCAPED.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
 
 
 class StatsError(ValueError):
@@ -265,6 +278,7 @@ class StatsStore:
         self._entries: dict[str, _Entry] = {}
         self._families: dict[str, _Family] = {}
         self._exported: dict[str, str] = {}  # exported Prometheus name -> family that owns it
+        self._escaped: dict[str, str] = {}  # names as asked for -> as stored (see ``escape_name``)
         self._lock = threading.Lock()
 
     # -- registration ---------------------------------------------------------------------------------
@@ -323,6 +337,8 @@ class StatsStore:
         bounds: tuple[float, ...] | None,
     ) -> Stat:
         entry = self._entries.get(name)  # fast path, no lock: dict reads are atomic
+        if entry is None and name in self._escaped:
+            entry = self._entries.get(self._escaped[name])
         if (
             entry is not None
             and entry.kind == kind
@@ -343,8 +359,12 @@ class StatsStore:
         documentation: str | None,
         bounds: tuple[float, ...] | None,
     ) -> Stat:
-        if not name or _BAD_FLAT_NAME.search(name) or name.startswith(".") or name.endswith("."):
-            raise StatsError(f"invalid stat name {name!r}")
+        if not name:
+            raise StatsError("a stat needs a name")
+        escaped = escape_name(name)
+        if escaped != name:
+            self._escaped[name] = escaped
+            name = escaped
         given = (prom, None if labels is None else dict(labels))
         labels = dict(labels or {})
         if prom is None:
@@ -430,7 +450,7 @@ class StatsStore:
     # -- reading --------------------------------------------------------------------------------------
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and self._escaped.get(name, name) in self._entries
 
     def _snapshot(self, pattern: re.Pattern[str] | None = None, used_only: bool = False) -> list[_Entry]:
         with self._lock:
@@ -452,7 +472,7 @@ class StatsStore:
 
     def histogram_summary(self, name: str) -> dict[str, Any]:
         """Count, sum, min, max, mean, Envoy's percentiles and the cumulative buckets of one histogram."""
-        entry = self._entries.get(name)
+        entry = self._entries.get(self._escaped.get(name, name))
         if entry is None or not isinstance(entry.stat, Histogram):
             raise KeyError(name)
         h = entry.stat
