@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from meshproxy import __version__
 from meshproxy.stats import StatsStore
@@ -59,6 +59,7 @@ MAX_BODY_SIZE = 64 * 1024
 IDLE_TIMEOUT = 60.0
 """A keep-alive connection silent this long (or a request this slow to arrive) is closed."""
 READ_SIZE = 65536
+ACCEPT_RETRY_DELAY = 0.1
 LINGER_TIMEOUT = 1.0
 LINGER_MAX_BYTES = 1024 * 1024
 """After refusing a request: how long, and how much of the rest of it, we read and discard before closing."""
@@ -243,7 +244,23 @@ class AdminServer:
             assert isinstance(bound, tuple)
             self.address = (str(bound[0]), int(bound[1]))
             task_status.started(self.address)
-            await listener.serve(self._connection)
+            async with anyio.create_task_group() as group:
+                for sub in listener.listeners:  # one per address family when the host resolves to several
+                    assert isinstance(sub, SocketListener)
+                    group.start_soon(self._accept, sub, group)
+
+    async def _accept(self, listener: SocketListener, group: TaskGroup) -> None:
+        """Accept forever. Unlike ``Listener.serve``, a failing ``accept`` (out of file descriptors, a
+        connection reset before it was accepted) is logged and retried, so it cannot end the admin, and
+        with it the proxy's task group."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.warning("admin accept failed: %s", exc)
+                await anyio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            group.start_soon(self._connection, stream)
 
     # -- HTTP/1.1 over one connection --------------------------------------------------------------------
 

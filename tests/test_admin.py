@@ -329,6 +329,20 @@ async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
     assert stats.values()["http.admin.downstream_rq_4xx"] == 1
 
 
+async def test_concurrent_clients_are_all_answered() -> None:
+    stats = StatsStore()
+    stats.counter("mongo.app.op_msg").inc(9)
+    replies: list[Reply] = []
+    async with serving(_server(stats=stats)) as address, anyio.create_task_group() as group:
+        for _ in range(20):
+
+            async def one() -> None:
+                replies.append(await get(address, "/stats?filter=op_msg"))
+
+            group.start_soon(one)
+    assert [(r.status, r.body) for r in replies] == [(200, "mongo.app.op_msg: 9\n")] * 20
+
+
 async def test_an_http_1_0_request_is_answered_then_the_connection_closed() -> None:
     async with serving(_server()) as address:
         reply = await raw(address, b"GET /ready HTTP/1.0\r\n\r\n")
