@@ -1,0 +1,1 @@
+"""Benchmarks for meshproxy: ``python -m benchmarks`` (or ``./dev bench``); see benchmarks/README.md."""

@@ -1,0 +1,436 @@
+"""``python -m benchmarks``: direct vs proxies, interleaved, over 1 and 32 connections, side by side.
+
+Method (docs/performance.md has the long form):
+
+- one canned backend process for the whole benchmark (``benchmarks/backend.py``), pinned to the load CPU;
+- per run, a fresh load-generator process (``benchmarks/load.py``) pinned to the same load CPU, and the
+  proxy under test pinned alone to the proxy CPU;
+- rounds interleave the targets (each round runs every target once, the order rotated by one per round,
+  the connection counts alternated), so slow drift of the machine hits every target alike; the table shows
+  the median across rounds and the spread (min..max ops/s) so the noise is visible;
+- after each meshproxy run the admin ``/stats`` counter for ``find`` is scraped and compared with the
+  number of requests the load generator sent, which shows the proxy really decoded every operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks.targets import (
+    LOCALHOST,
+    REPO_ROOT,
+    MeshProxy,
+    Running,
+    Target,
+    all_targets,
+    haproxy_binary,
+    pinned,
+    read_listening_line,
+    scrape_counter,
+    stop_process,
+)
+
+DEFAULT_DURATION_S = 3.0
+DEFAULT_WARMUP_S = 0.5
+DEFAULT_ROUNDS = 3
+DEFAULT_CONNECTIONS = (1, 32)
+REFERENCE_TARGET = "haproxy"
+
+#: The counter that proves meshproxy decoded the benchmark's operations (Envoy's name for it).
+FIND_COUNTER_PATTERN = r"^mongo\.{prefix}\.cmd\.find\.total$"
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One load run against one target in one round."""
+
+    round: int
+    target: str
+    connections: int
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    proxy_find_counted: int | None = None
+    proxy_note: str | None = None
+    proxy_cpu_busy_pct: float | None = None
+    load_cpu_busy_pct: float | None = None
+
+
+@dataclass(slots=True)
+class Summary:
+    """The median across rounds for one target at one connection count."""
+
+    target: str
+    connections: int
+    runs: int = 0
+    ops_per_s: float | None = None
+    p50_us: float | None = None
+    p99_us: float | None = None
+    ops_min: float | None = None
+    ops_max: float | None = None
+    vs_reference_ops_pct: float | None = None
+    vs_reference_p50: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None, str]:
+    """(proxy CPU, load CPU, description): the first two CPUs we may run on, unless told otherwise."""
+    if args.no_pin or not hasattr(os, "sched_getaffinity"):
+        return None, None, "no pinning"
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2 and (args.proxy_cpu is None or args.load_cpu is None):
+        return None, None, f"no pinning (only {len(allowed)} CPU available)"
+    proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else allowed[0]
+    load_cpu = args.load_cpu if args.load_cpu is not None else allowed[1]
+    return proxy_cpu, load_cpu, f"proxy on CPU {proxy_cpu}; load generator + backend on CPU {load_cpu}"
+
+
+def _install_haproxy() -> str:
+    """``apt-get install -y haproxy`` (only when asked with --install-haproxy)."""
+    cmd = ["apt-get", "install", "-y", "haproxy"]
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            return "cannot install haproxy: not root and no sudo"
+        cmd = ["sudo", "-n", *cmd]
+    _log(f"installing haproxy: {' '.join(cmd)}")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"apt-get install haproxy failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+    return "installed haproxy"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _start_backend(cpu: int | None) -> tuple[subprocess.Popen[bytes], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.backend", "--host", LOCALHOST, "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        preexec_fn=pinned(cpu),
+    )
+    return process, read_listening_line(process)
+
+
+def _run_load(port: int, connections: int, args: argparse.Namespace, cpu: int | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.load", "--host", LOCALHOST, "--port", str(port)]
+    cmd += ["--connections", str(connections), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    timeout = args.duration + args.warmup + 30
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, timeout=timeout, preexec_fn=pinned(cpu), check=False)
+    lines = done.stdout.decode().strip().splitlines()
+    if not lines:
+        detail = done.stderr.decode().strip().splitlines()
+        raise RuntimeError(f"load generator failed ({done.returncode}): {detail[-1] if detail else 'no output'}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Per-CPU (busy, total) jiffies from /proc/stat (Linux); empty elsewhere."""
+    times: dict[int, tuple[int, int]] = {}
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    values = [int(v) for v in fields[:8]]
+                    idle = values[3] + values[4]  # idle + iowait
+                    times[int(name[3:])] = (sum(values) - idle, sum(values))
+    except OSError:
+        pass
+    return times
+
+
+def busy_percent(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int | None
+) -> float | None:
+    """How busy ``cpu`` was between two ``cpu_times()`` samples, in percent."""
+    if cpu is None or cpu not in before or cpu not in after:
+        return None
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return round(100.0 * busy / total, 1) if total > 0 else None
+
+
+def _find_counter(running: Running, prefix: str) -> tuple[int | None, str]:
+    if running.admin_url is None:
+        return None, "no admin endpoint"
+    return scrape_counter(running.admin_url, FIND_COUNTER_PATTERN.format(prefix=prefix))
+
+
+def run_benchmark(args: argparse.Namespace, targets: list[Target]) -> tuple[list[RunRecord], dict[str, Any]]:
+    """All rounds; returns every run and the metadata that explains them."""
+    proxy_cpu, load_cpu, pinning = _cpus(args)
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": platform.python_version(),
+        "pinning": pinning,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "connections": args.connections,
+        "versions": {t.name: v for t in targets if (v := t.describe_version())},
+    }
+    try:
+        import uvloop
+
+        meta["uvloop"] = getattr(uvloop, "__version__", "?")
+    except ImportError:
+        meta["uvloop"] = None
+    _log(
+        f"meshproxy benchmark: {pinning}; {args.rounds} round(s) x {len(targets)} target(s) x "
+        f"{len(args.connections)} connection count(s), {args.warmup}s warmup + {args.duration}s each"
+    )
+
+    records: list[RunRecord] = []
+    backend, backend_port = _start_backend(load_cpu)
+    try:
+        for round_index in range(args.rounds):
+            shift = round_index % len(targets) if targets else 0
+            order = targets[shift:] + targets[:shift]
+            counts = list(args.connections) if round_index % 2 == 0 else list(reversed(args.connections))
+            for target in order:
+                records.extend(_run_target(target, round_index, counts, backend_port, proxy_cpu, load_cpu, args))
+    finally:
+        stop_process(backend)
+    return records, meta
+
+
+def _run_target(
+    target: Target,
+    round_index: int,
+    counts: list[int],
+    backend_port: int,
+    proxy_cpu: int | None,
+    load_cpu: int | None,
+    args: argparse.Namespace,
+) -> list[RunRecord]:
+    records: list[RunRecord] = []
+    try:
+        running = target.start(backend_port, proxy_cpu)
+    except Exception as exc:
+        reason = f"did not start: {exc}"
+        _log(f"[round {round_index + 1}] {target.name}: {reason}")
+        return [RunRecord(round_index + 1, target.name, n, error=reason) for n in counts]
+    try:
+        for connections in counts:
+            record = RunRecord(round_index + 1, target.name, connections)
+            prefix = target.stat_prefix if isinstance(target, MeshProxy) else ""
+            before: int | None = None
+            if prefix:
+                before, _ = _find_counter(running, prefix)
+            sample = cpu_times()
+            try:
+                record.result = _run_load(running.port, connections, args, load_cpu)
+                if record.result.get("errors"):
+                    record.error = "; ".join(record.result["errors"])[:300]
+            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+                record.error = str(exc)
+            now = cpu_times()
+            record.proxy_cpu_busy_pct = busy_percent(sample, now, proxy_cpu)
+            record.load_cpu_busy_pct = busy_percent(sample, now, load_cpu)
+            if gone := running.exited():
+                record.error = f"{target.name} {gone}"
+            if prefix:
+                after, note = _find_counter(running, prefix)
+                if after is not None:
+                    record.proxy_find_counted = after - (before or 0)
+                    sent = record.result["sent"] if record.result else 0
+                    record.proxy_note = f"find counted {record.proxy_find_counted:,} of {sent:,} sent"
+                else:
+                    record.proxy_note = note
+            records.append(record)
+            _log(_progress(record))
+            if record.error and running.exited():
+                break
+    finally:
+        running.stop()
+    return records
+
+
+def _progress(record: RunRecord) -> str:
+    head = f"[round {record.round}] {record.target:<20} {record.connections:>3} conn: "
+    if record.result is None:
+        return head + f"FAILED {record.error}"
+    r = record.result
+    text = head + f"{r['ops_per_s']:>10,.0f} ops/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
+    if record.proxy_cpu_busy_pct is not None:
+        text += f"  cpu proxy/load {record.proxy_cpu_busy_pct:.0f}%/{record.load_cpu_busy_pct or 0:.0f}%"
+    if record.proxy_note:
+        text += f"  ({record.proxy_note})"
+    if record.error:
+        text += f"  ERROR {record.error}"
+    return text
+
+
+def summarize(
+    records: list[RunRecord], targets: list[Target], skipped: dict[str, str], connections: list[int]
+) -> list[Summary]:
+    """Median across rounds per (target, connections), relative to HAProxy's median in the same runs."""
+    summaries: list[Summary] = []
+    for n in connections:
+        by_target: dict[str, Summary] = {}
+        for target in targets:
+            summary = Summary(target.name, n)
+            if target.name in skipped:
+                word = "skipped" if target.name == REFERENCE_TARGET else "not available"
+                summary.notes.append(f"{word}: {skipped[target.name]}")
+                by_target[target.name] = summary
+                continue
+            mine = [r for r in records if r.target == target.name and r.connections == n]
+            good = [r.result for r in mine if r.result is not None and not r.error]
+            summary.runs = len(good)
+            if good:
+                ops = [g["ops_per_s"] for g in good]
+                summary.ops_per_s = statistics.median(ops)
+                summary.ops_min, summary.ops_max = min(ops), max(ops)
+                summary.p50_us = statistics.median(g["p50_us"] for g in good)
+                summary.p99_us = statistics.median(g["p99_us"] for g in good)
+            errors = sorted({r.error for r in mine if r.error})
+            summary.notes.extend(f"error: {e}" for e in errors[:2])
+            if isinstance(target, MeshProxy):
+                notes = [r.proxy_note for r in mine if r.proxy_note]
+                if notes:
+                    summary.notes.append(notes[-1])
+            by_target[target.name] = summary
+        reference = by_target.get(REFERENCE_TARGET)
+        for summary in by_target.values():
+            if reference is not None and reference.ops_per_s and summary.ops_per_s is not None:
+                summary.vs_reference_ops_pct = 100.0 * summary.ops_per_s / reference.ops_per_s
+            if reference is not None and reference.p50_us and summary.p50_us is not None:
+                summary.vs_reference_p50 = summary.p50_us / reference.p50_us
+            summaries.append(summary)
+    return summaries
+
+
+def _cells(s: Summary) -> list[str]:
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    spread = "-"
+    if s.ops_min is not None and s.ops_max is not None and s.runs > 1:
+        spread = f"{s.ops_min / 1000:,.0f}k..{s.ops_max / 1000:,.0f}k"
+    return [
+        s.target,
+        num(s.ops_per_s, ",.0f"),
+        num(s.p50_us, ",.1f"),
+        num(s.p99_us, ",.1f"),
+        "-" if s.vs_reference_ops_pct is None else f"{s.vs_reference_ops_pct:.0f}%",
+        "-" if s.vs_reference_p50 is None else f"{s.vs_reference_p50:.2f}x",
+        spread,
+        "; ".join(s.notes),
+    ]
+
+
+HEADERS = ["target", "ops/s", "p50 us", "p99 us", "ops vs haproxy", "p50 vs haproxy", "spread", "notes"]
+
+
+def print_tables(summaries: list[Summary], connections: list[int], meta: dict[str, Any]) -> None:
+    """One table per connection count: rich when installed, plain text otherwise."""
+    caption = f"median of {meta['rounds']} interleaved round(s), {meta['duration_s']}s each; {meta['pinning']}"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        Console = None  # type: ignore[assignment,misc]  # noqa: N806
+    for n in connections:
+        rows = [_cells(s) for s in summaries if s.connections == n]
+        title = f"{n} connection{'s' if n != 1 else ''}"
+        if Console is not None:
+            table = Table(title=title, caption=caption)
+            for i, header in enumerate(HEADERS):
+                table.add_column(header, justify="right" if 0 < i < 7 else "left", overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+        else:
+            print(f"\n{title} ({caption})")
+            widths = [max(len(HEADERS[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADERS))]
+            print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
+            for row in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _parse_connections(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("connection counts are positive integers, e.g. 1,32")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    known = list(all_targets())
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Direct vs HAProxy vs bare Python forwarders vs meshproxy, interleaved, side by side.",
+    )
+    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="unmeasured seconds before")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--connections",
+        type=_parse_connections,
+        default=list(DEFAULT_CONNECTIONS),
+        help="comma-separated connection counts (default 1,32)",
+    )
+    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
+    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
+    parser.add_argument(
+        "--install-haproxy", action="store_true", help="apt-get install haproxy first when it is missing"
+    )
+    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
+    parser.add_argument("--load-cpu", type=int, default=None, help="CPU for load generator + backend (default: second)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
+    known = all_targets()
+    wanted = [name.strip() for name in args.targets.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        _log(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    selected = [known[name] for name in wanted]
+
+    if args.install_haproxy and "haproxy" in wanted and haproxy_binary() is None:
+        _log(_install_haproxy())
+    skipped = {t.name: reason for t in selected if (reason := t.unavailable()) is not None}
+    for name, reason in skipped.items():
+        _log(f"{name}: {'skipped' if name == 'haproxy' else 'not available'} ({reason})")
+    runnable = [t for t in selected if t.name not in skipped]
+
+    started = time.monotonic()
+    records, meta = run_benchmark(args, runnable)
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    summaries = summarize(records, selected, skipped, args.connections)
+    print_tables(summaries, args.connections, meta)
+    _log(f"done in {meta['elapsed_s']}s")
+    if args.json:
+        payload = {
+            "meta": meta,
+            "skipped": skipped,
+            "summary": [asdict(s) for s in summaries],
+            "runs": [asdict(r) for r in records],
+        }
+        with open(args.json, "w") as out:
+            json.dump(payload, out, indent=2)
+        _log(f"wrote {args.json}")
+    failed = any(r.error for r in records)
+    return 1 if failed else 0

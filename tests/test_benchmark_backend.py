@@ -1,0 +1,159 @@
+"""The benchmark's own parts: the canned backend answers like a server, the load generator measures honestly.
+
+These keep ``python -m benchmarks`` trustworthy without running it: a real driver (pymongo) accepts the
+backend's replies, replies are framed and matched to requests by responseTo, and every operation the load
+generator sends carries a fresh requestID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+from pymongo import MongoClient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # ``benchmarks`` is a top-level folder, not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import wire  # noqa: E402
+from benchmarks.backend import CannedResponder, start_backend  # noqa: E402
+from benchmarks.load import run_load  # noqa: E402
+
+
+@pytest.fixture
+def backend_port() -> Iterator[int]:
+    """The canned backend in its own process, as the harness runs it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.backend", "--port", "0"], cwd=REPO_ROOT, stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line.startswith("LISTENING "), line
+        yield int(line.split()[1])
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+def _read_reply(stream: BinaryIO) -> bytes:
+    """One whole message from a buffered socket file, by its length prefix."""
+    prefix = stream.read(4)
+    assert len(prefix) == 4, "backend closed the connection"
+    rest = stream.read(int.from_bytes(prefix, "little") - 4)
+    return prefix + rest
+
+
+def _with_request_id(request: bytes, request_id: int) -> bytes:
+    head, tail = wire.split_request_template(request)
+    return head + request_id.to_bytes(4, "little") + tail
+
+
+def test_load_generator_process_completes_operations_with_matching_response_to(backend_port: int) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--port",
+            str(backend_port),
+            "--connections",
+            "4",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.05",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result["measured_ops"] > 0
+    assert result["ops_per_s"] > 0
+    assert result["response_to_mismatches"] == 0
+    assert result["sent"] == result["received"]
+    assert result["errors"] == []
+    assert 0 < result["p50_us"] <= result["p99_us"]
+
+
+def test_pymongo_reads_the_canned_find_reply_as_a_real_result(backend_port: int) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(
+        "127.0.0.1", backend_port, directConnection=True, serverSelectionTimeoutMS=3000
+    )
+    try:
+        assert client[wire.BENCH_DB][wire.BENCH_COLLECTION].find_one({"_id": 1}) == {"_id": 1}
+    finally:
+        client.close()
+
+
+def test_pipelined_requests_get_one_reply_each_with_their_own_response_to(backend_port: int) -> None:
+    request = wire.encode_find_request()
+    with socket.create_connection(("127.0.0.1", backend_port), timeout=3) as sock, sock.makefile("rb") as stream:
+        sock.sendall(_with_request_id(request, 101) + _with_request_id(request, 202))
+        first, second = _read_reply(stream), _read_reply(stream)
+    for reply, request_id in ((first, 101), (second, 202)):
+        _length, _reply_id, response_to, opcode = wire.HEADER.unpack_from(reply)
+        assert (response_to, opcode) == (request_id, wire.OP_MSG)
+        assert wire.decode_op_msg_body(reply) == wire.FIND_REPLY_DOC
+
+
+def test_a_request_split_byte_by_byte_is_still_answered_once(backend_port: int) -> None:
+    request = _with_request_id(wire.encode_find_request(), 7)
+    with socket.create_connection(("127.0.0.1", backend_port), timeout=3) as sock, sock.makefile("rb") as stream:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(request)):
+            sock.sendall(request[i : i + 1])
+        reply = _read_reply(stream)
+    assert wire.HEADER.unpack_from(reply)[2] == 7
+
+
+async def test_every_operation_the_load_generator_sends_carries_a_fresh_request_id() -> None:
+    seen: list[bytes] = []
+
+    class Recording(CannedResponder):
+        def data_received(self, data: bytes) -> None:
+            seen.append(data[4:8])  # closed loop: each chunk is exactly one request
+            super().data_received(data)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Recording, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await run_load("127.0.0.1", port, connections=3, duration=0.2, warmup=0.05)
+    finally:
+        server.close()
+    assert result.sent == result.received == len(seen) > 0
+    assert len(set(seen)) == len(seen)
+    assert result.response_to_mismatches == 0
+
+
+async def test_in_process_backend_serves_the_find_request_produced_by_pymongo() -> None:
+    server = await start_backend()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_with_request_id(wire.encode_find_request(), 42))
+        header = await reader.readexactly(16)
+        length, _, response_to, _ = wire.HEADER.unpack(header)
+        body = await reader.readexactly(length - 16)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+    assert response_to == 42
+    assert wire.decode_op_msg_body(header + body)["cursor"] == {
+        "firstBatch": [{"_id": 1}],
+        "id": 0,
+        "ns": "bench.c",
+    }
