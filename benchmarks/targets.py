@@ -211,7 +211,7 @@ class HAProxy(Target):
         try:
             wait_for_port(port, process)
         except RuntimeError as exc:
-            detail = tail(log)
+            detail = tail(log, lines=1)
             running.stop()
             raise RuntimeError(f"{exc}{': ' + detail if detail else ''}") from None
         return running
@@ -241,14 +241,15 @@ class MeshProxy(Target):
 
     extra_args: list[str] = field(default_factory=list)
     stat_prefix: str = "bench"
+    module: str = "meshproxy.cli"  # ``python -m <module> sidecar mongo ...``
 
     def unavailable(self) -> str | None:
         try:
-            spec = importlib.util.find_spec("meshproxy.cli")
+            spec = importlib.util.find_spec(self.module)
         except ImportError as exc:
             return f"meshproxy not importable: {exc}"
         if spec is None:
-            return "meshproxy.cli does not exist yet"
+            return f"{self.module} does not exist yet"
         return None
 
     def describe_version(self) -> str:
@@ -261,7 +262,7 @@ class MeshProxy(Target):
 
     def start(self, backend_port: int, cpu: int | None) -> Running:
         port, admin = free_port(), free_port()
-        cmd = [sys.executable, "-m", "meshproxy.cli", "sidecar", "mongo"]
+        cmd = [sys.executable, "-m", self.module, "sidecar", "mongo"]
         cmd += ["--listen", f"{LOCALHOST}:{port}", "--upstream", f"{LOCALHOST}:{backend_port}"]
         cmd += ["--admin", f"{LOCALHOST}:{admin}", "--stat-prefix", self.stat_prefix, *self.extra_args]
         workdir = tempfile.TemporaryDirectory(prefix="bench-meshproxy-")
@@ -274,7 +275,7 @@ class MeshProxy(Target):
         try:
             wait_for_port(port, process)
         except RuntimeError as exc:
-            detail = tail(log)
+            detail = tail(log, lines=1)  # a traceback's last line says what went wrong
             running.stop()
             raise RuntimeError(f"{exc}{': ' + detail if detail else ''}") from None
         return running

@@ -157,3 +157,68 @@ async def test_in_process_backend_serves_the_find_request_produced_by_pymongo() 
         "id": 0,
         "ns": "bench.c",
     }
+
+
+def test_summary_takes_the_median_across_rounds_relative_to_haproxy() -> None:
+    from benchmarks.harness import RunRecord, summarize
+    from benchmarks.targets import all_targets
+
+    def run(round_: int, target: str, ops: float, p50: float) -> RunRecord:
+        result = {"ops_per_s": ops, "p50_us": p50, "p99_us": p50 * 2, "errors": []}
+        return RunRecord(round_, target, 32, result=result)
+
+    records = [
+        run(1, "haproxy", 100_000, 300.0),
+        run(2, "haproxy", 80_000, 320.0),
+        run(3, "haproxy", 120_000, 280.0),
+        run(1, "asyncio-forwarder", 60_000, 450.0),
+        run(2, "asyncio-forwarder", 50_000, 500.0),
+        run(3, "asyncio-forwarder", 55_000, 600.0),
+        RunRecord(1, "anyio-forwarder", 32, error="did not start: boom", started=False),
+    ]
+    targets = [all_targets()[name] for name in ("haproxy", "asyncio-forwarder", "anyio-forwarder", "meshproxy")]
+    summaries = {s.target: s for s in summarize(records, targets, {"meshproxy": "no CLI yet"}, [32])}
+
+    assert summaries["haproxy"].ops_per_s == 100_000
+    assert summaries["asyncio-forwarder"].ops_per_s == 55_000
+    assert summaries["asyncio-forwarder"].vs_reference_ops_pct == pytest.approx(55.0)
+    assert summaries["asyncio-forwarder"].vs_reference_p50 == pytest.approx(500.0 / 300.0)
+    assert (summaries["asyncio-forwarder"].ops_min, summaries["asyncio-forwarder"].ops_max) == (50_000, 60_000)
+    assert summaries["anyio-forwarder"].ops_per_s is None
+    assert summaries["anyio-forwarder"].notes == ["not available: did not start: boom"]
+    assert summaries["meshproxy"].notes == ["not available: no CLI yet"]
+
+
+def test_harness_runs_direct_and_a_forwarder_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--targets",
+            "direct,asyncio-forwarder",
+            "--connections",
+            "2",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--rounds",
+            "1",
+            "--no-pin",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(out.read_text())
+    by_target = {s["target"]: s for s in report["summary"]}
+    assert set(by_target) == {"direct", "asyncio-forwarder"}
+    assert all(s["ops_per_s"] > 0 and s["runs"] == 1 for s in by_target.values())
+    assert all(r["result"]["sent"] == r["result"]["received"] for r in report["runs"])
+    assert "asyncio-forwarder" in done.stdout.decode()
