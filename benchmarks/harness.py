@@ -47,6 +47,9 @@ DEFAULT_ROUNDS = 3
 DEFAULT_CONNECTIONS = (1, 32)
 REFERENCE_TARGET = "haproxy"
 
+#: Below this proxy-CPU busy share, ops per proxy-core-second is too noisy to print (e.g. 1 connection).
+MIN_BUSY_FOR_CAPACITY = 50.0
+
 #: The counter that proves meshproxy decoded the benchmark's operations (Envoy's name for it).
 FIND_COUNTER_PATTERN = r"^mongo\.{prefix}\.cmd\.find\.total$"
 
@@ -81,6 +84,9 @@ class Summary:
     ops_max: float | None = None
     vs_reference_ops_pct: float | None = None
     vs_reference_p50: float | None = None
+    proxy_cpu_pct: float | None = None
+    load_cpu_pct: float | None = None
+    ops_per_proxy_core: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -291,8 +297,21 @@ def summarize(
                 by_target[target.name] = summary
                 continue
             mine = [r for r in records if r.target == target.name and r.connections == n]
-            good = [r.result for r in mine if r.result is not None and not r.error]
+            good_runs = [r for r in mine if r.result is not None and not r.error]
+            good = [r.result for r in good_runs if r.result is not None]
             summary.runs = len(good)
+            proxy_busy = [r.proxy_cpu_busy_pct for r in good_runs if r.proxy_cpu_busy_pct is not None]
+            load_busy = [r.load_cpu_busy_pct for r in good_runs if r.load_cpu_busy_pct is not None]
+            if proxy_busy and load_busy:
+                summary.proxy_cpu_pct = statistics.median(proxy_busy)
+                summary.load_cpu_pct = statistics.median(load_busy)
+            capacity = [
+                r.result["ops_per_s"] * 100.0 / r.proxy_cpu_busy_pct
+                for r in good_runs
+                if r.result is not None and r.proxy_cpu_busy_pct and r.proxy_cpu_busy_pct >= MIN_BUSY_FOR_CAPACITY
+            ]
+            if capacity and target.name != "direct":
+                summary.ops_per_proxy_core = statistics.median(capacity)
             if good:
                 ops = [g["ops_per_s"] for g in good]
                 summary.ops_per_s = statistics.median(ops)
@@ -330,6 +349,9 @@ def _cells(s: Summary) -> list[str]:
     spread = "-"
     if s.ops_min is not None and s.ops_max is not None and s.runs > 1:
         spread = f"{s.ops_min / 1000:,.0f}k..{s.ops_max / 1000:,.0f}k"
+    cpu = "-"
+    if s.proxy_cpu_pct is not None and s.load_cpu_pct is not None:
+        cpu = f"{s.proxy_cpu_pct:.0f}%/{s.load_cpu_pct:.0f}%"
     return [
         s.target,
         num(s.ops_per_s, ",.0f"),
@@ -337,12 +359,25 @@ def _cells(s: Summary) -> list[str]:
         num(s.p99_us, ",.1f"),
         "-" if s.vs_reference_ops_pct is None else f"{s.vs_reference_ops_pct:.0f}%",
         "-" if s.vs_reference_p50 is None else f"{s.vs_reference_p50:.2f}x",
+        cpu,
+        num(s.ops_per_proxy_core, ",.0f"),
         spread,
         "; ".join(s.notes),
     ]
 
 
-HEADERS = ["target", "ops/s", "p50 us", "p99 us", "ops vs haproxy", "p50 vs haproxy", "spread", "notes"]
+HEADERS = [
+    "target",
+    "ops/s",
+    "p50 us",
+    "p99 us",
+    "ops vs haproxy",
+    "p50 vs haproxy",
+    "cpu proxy/load",
+    "ops/s per proxy core",
+    "spread",
+    "notes",
+]
 
 
 def print_tables(summaries: list[Summary], connections: list[int], meta: dict[str, Any]) -> None:
@@ -359,16 +394,23 @@ def print_tables(summaries: list[Summary], connections: list[int], meta: dict[st
         if Console is not None:
             table = Table(title=title, caption=caption)
             for i, header in enumerate(HEADERS):
-                table.add_column(header, justify="right" if 0 < i < 7 else "left", overflow="fold")
+                table.add_column(header, justify="right" if 0 < i < len(HEADERS) - 1 else "left", overflow="fold")
             for row in rows:
                 table.add_row(*row)
-            Console(width=max(120, shutil.get_terminal_size().columns)).print(table)
+            Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
         else:
             print(f"\n{title} ({caption})")
             widths = [max(len(HEADERS[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADERS))]
             print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
             for row in rows:
                 print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+LEGEND = """\
+direct: the load side's own ceiling (load generator + backend share one core), not a proxy result.
+cpu proxy/load: how busy each core was during the run; at 100% on the load core the proxy is not the limit.
+ops/s per proxy core: ops/s / proxy-core busy share, the proxy's capacity if its core were saturated
+(shown when the proxy core is at least 50% busy)."""
 
 
 def _parse_connections(text: str) -> list[int]:
@@ -429,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     summaries = summarize(records, selected, skipped, args.connections)
     print_tables(summaries, args.connections, meta)
+    print(LEGEND)
     _log(f"done in {meta['elapsed_s']}s")
     if args.json:
         payload = {
