@@ -1,0 +1,1 @@
+"""Per-protocol filter chains (``meshproxy.filters.mongo``, ...): observe, delay, answer locally, rewrite."""

@@ -1,0 +1,751 @@
+"""Per-operation MongoDB statistics: everything Envoy's mongo_proxy counts, and what it cannot see.
+
+Envoy decodes only the legacy opcodes (its issue #5036), so it goes blind after the handshake with every
+driver since MongoDB 3.6. This filter keeps Envoy's names and meanings (``op_query``, ``cmd.<cmd>.total``,
+``collection.<coll>.query.*``, callsite stats, scatter / multi gets, ...) and applies them to OP_MSG and
+OP_COMPRESSED as well: a ``find`` in OP_MSG is a query, a ``getMore`` is a get-more. On top of that every
+command is a first-class operation, counted per database + collection + command, with latency histograms,
+errors by ``codeName``, the cursor lifecycle, bytes in and out and an active-operations gauge.
+
+The hot path matters: the proxy's throughput is bounded by per-message Python work. So a request costs a few
+dict lookups (the stat objects of one ``(db, collection, command)`` are built once and cached under that
+tuple) and a handful of counter increments. The request document is never decoded, except the ``filter`` /
+``maxTimeMS`` / comment of a query (Envoy's query stats need them) and the cursor list of a
+``killCursors``; replies are read only through ``summarize_reply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from bson import CodecOptions
+from bson.raw_bson import RawBSONDocument
+
+from meshproxy.codecs.mongo import (
+    QUERY_AWAIT_DATA,
+    QUERY_EXHAUST,
+    QUERY_NO_CURSOR_TIMEOUT,
+    QUERY_TAILABLE_CURSOR,
+    Compressor,
+    OpCompressed,
+    OpKillCursors,
+    OpMsg,
+    OpQuery,
+    OpReply,
+    summarize_reply,
+)
+from meshproxy.filters.mongo.api import ConnectionInfo, MongoFilter, MongoOperation
+from meshproxy.stats import StatsError
+
+if TYPE_CHECKING:
+    from meshproxy.codecs.mongo import PlainMessage
+    from meshproxy.stats import Counter, Gauge, Histogram, StatsStore
+
+NO_COLLECTION = "-"
+"""Collection (and database) label of commands that name none (``hello``, ``ping``, ``killCursors`` on the
+legacy opcode, ...)."""
+
+OVERFLOW = "_overflow"
+"""Label that replaces a database / collection / command once ``max_keys`` distinct ones have been seen.
+
+Command and collection names come from clients; without a bound, a client that invents names could grow the
+stats store without limit."""
+
+DEFAULT_MAX_KEYS = 10_000
+
+_MAX_ERROR_NAMES = 200
+"""Distinct ``codeName``s kept per command (MongoDB has a few hundred error codes in all)."""
+
+K = TypeVar("K")
+S = TypeVar("S")
+
+QUERY_COMMANDS = frozenset({"find", "query"})
+"""Operations Envoy's query stats describe: ``find`` (OP_MSG or ``$cmd``) and legacy OP_QUERY on a
+collection (command ``query``)."""
+
+GET_MORE_COMMANDS = frozenset({"getMore"})
+
+_RAW = CodecOptions(document_class=RawBSONDocument)
+"""Decode lazily: embedded documents stay raw bytes until a key of theirs is asked for."""
+
+_ENVOY_OP_COUNTERS = {
+    "insert": "op_insert",
+    "getMore": "op_get_more",
+    "killCursors": "op_kill_cursors",
+    "find": "op_query",
+    "query": "op_query",
+}
+"""Envoy counts OP_INSERT / OP_GET_MORE / OP_KILL_CURSORS / OP_QUERY messages; we count the operation
+whatever opcode carried it."""
+
+
+NUM_DOCS_BUCKETS: tuple[float, ...] = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 10000, 100000)
+"""Bucket bounds of ``reply_num_docs`` histograms (documents per reply)."""
+
+SIZE_BUCKETS: tuple[float, ...] = (*(float(64 * 4**i) for i in range(10)), 48_000_000.0, 67_108_864.0)
+"""Bucket bounds of ``reply_size`` histograms: 64 B, 256 B, 1 KiB ... 64 MiB (and the 48 MB message limit)."""
+
+
+def _name(name: str | None) -> str:
+    """A database / collection / command / callsite as it appears in stats: ``-`` when missing or empty.
+
+    Anything else is kept as sent; the stats store escapes whitespace in flat names and labels keep it."""
+    return name or NO_COLLECTION
+
+
+def _label_prefix(prefix: str) -> dict[str, str]:
+    return {"prefix": prefix}
+
+
+@dataclass(slots=True)
+class _Globals:
+    op_get_more: Counter
+    op_insert: Counter
+    op_kill_cursors: Counter
+    op_query: Counter
+    op_query_tailable_cursor: Counter
+    op_query_no_cursor_timeout: Counter
+    op_query_await_data: Counter
+    op_query_exhaust: Counter
+    op_query_no_max_time: Counter
+    op_query_scatter_get: Counter
+    op_query_multi_get: Counter
+    op_query_active: Gauge
+    op_reply: Counter
+    op_reply_cursor_not_found: Counter
+    op_reply_query_failure: Counter
+    op_reply_valid_cursor: Counter
+    cx_destroy_local_with_active_rq: Counter
+    cx_destroy_remote_with_active_rq: Counter
+    op_msg: Counter
+    op_msg_more_to_come: Counter
+    op_reply_more_to_come: Counter
+    op_compressed: Counter
+    op_legacy: Counter
+    op_active: Gauge
+    bytes_in: Counter
+    bytes_out: Counter
+    cursor_opened: Counter
+    cursor_exhausted: Counter
+    cursor_killed: Counter
+    cursor_not_found: Counter
+    unclassified_error: Counter
+
+
+_GLOBAL_COUNTERS: dict[str, str] = {
+    # Envoy-compatible.
+    "op_get_more": "meshproxy_mongo_op_get_more",
+    "op_insert": "meshproxy_mongo_op_insert",
+    "op_kill_cursors": "meshproxy_mongo_op_kill_cursors",
+    "op_query": "meshproxy_mongo_op_query",
+    "op_query_tailable_cursor": "meshproxy_mongo_op_query_tailable_cursor",
+    "op_query_no_cursor_timeout": "meshproxy_mongo_op_query_no_cursor_timeout",
+    "op_query_await_data": "meshproxy_mongo_op_query_await_data",
+    "op_query_exhaust": "meshproxy_mongo_op_query_exhaust",
+    "op_query_no_max_time": "meshproxy_mongo_op_query_no_max_time",
+    "op_query_scatter_get": "meshproxy_mongo_op_query_scatter_get",
+    "op_query_multi_get": "meshproxy_mongo_op_query_multi_get",
+    "op_reply": "meshproxy_mongo_op_reply",
+    "op_reply_cursor_not_found": "meshproxy_mongo_op_reply_cursor_not_found",
+    "op_reply_query_failure": "meshproxy_mongo_op_reply_query_failure",
+    "op_reply_valid_cursor": "meshproxy_mongo_op_reply_valid_cursor",
+    "cx_destroy_local_with_active_rq": "meshproxy_mongo_cx_destroy_local_with_active_rq",
+    "cx_destroy_remote_with_active_rq": "meshproxy_mongo_cx_destroy_remote_with_active_rq",
+    # meshproxy additions.
+    "op_msg": "meshproxy_mongo_op_msg",
+    "op_msg_more_to_come": "meshproxy_mongo_op_msg_more_to_come",
+    "op_reply_more_to_come": "meshproxy_mongo_op_reply_more_to_come",
+    "op_compressed": "meshproxy_mongo_op_compressed",
+    "op_legacy": "meshproxy_mongo_op_legacy",
+    "bytes_in": "meshproxy_mongo_bytes_in",
+    "bytes_out": "meshproxy_mongo_bytes_out",
+    "cursor_opened": "meshproxy_mongo_cursor_opened",
+    "cursor_exhausted": "meshproxy_mongo_cursor_exhausted",
+    "cursor_killed": "meshproxy_mongo_cursor_killed",
+    "cursor_not_found": "meshproxy_mongo_cursor_not_found",
+    "unclassified_error": "meshproxy_mongo_unclassified_error",
+}
+_GLOBAL_GAUGES: dict[str, str] = {
+    "op_query_active": "meshproxy_mongo_op_query_active",
+    "op_active": "meshproxy_mongo_op_active",
+}
+
+
+def _flat(attribute: str) -> str:
+    """Flat stat name of a global: ``cursor_opened`` is ``cursor.opened`` (the cursor stats are a group)."""
+    return "cursor." + attribute.removeprefix("cursor_") if attribute.startswith("cursor_") else attribute
+
+
+@dataclass(slots=True)
+class _CommandStats:
+    """Envoy's ``cmd.<cmd>.*`` plus errors by ``codeName``."""
+
+    name: str
+    total: Counter
+    reply_num_docs: Histogram
+    reply_size: Histogram
+    reply_time_ms: Histogram
+    errors: dict[str, Counter] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _NamespaceStats:
+    """``db.<db>.collection.<coll>.cmd.<cmd>.*``: one bundle per (database, collection, command)."""
+
+    total: Counter
+    errors: Counter
+    reply_time_ms: Histogram
+    request_bytes: Counter
+    reply_bytes: Counter
+
+
+@dataclass(slots=True)
+class _QueryStats:
+    """Envoy's ``collection.<coll>.query.*`` (and the same under ``.callsite.<callsite>``)."""
+
+    total: Counter
+    scatter_get: Counter
+    multi_get: Counter
+    reply_num_docs: Histogram
+    reply_size: Histogram
+    reply_time_ms: Histogram
+
+
+@dataclass(slots=True)
+class _OpState:
+    """What ``on_request`` worked out, kept until the operation's final reply."""
+
+    op: MongoOperation
+    """Held so that ``id(op)``, the key of this state, cannot be reused by another operation meanwhile."""
+    command: _CommandStats
+    namespace: _NamespaceStats | None
+    queries: tuple[_QueryStats, ...]
+    is_query: bool
+    is_get_more: bool
+    last_ns: int
+
+
+@dataclass(slots=True)
+class _QueryInfo:
+    """The parts of a query Envoy's stats look at."""
+
+    kind: int  # _PRIMARY_KEY, _SCATTER_GET or _MULTI_GET
+    max_time_ms: int
+    callsite: str | None
+    tailable: bool = False
+    await_data: bool = False
+    no_cursor_timeout: bool = False
+    exhaust: bool = False
+
+
+_PRIMARY_KEY = 0
+_SCATTER_GET = 1
+_MULTI_GET = 2
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+def _query_kind(query_filter: Any) -> int:
+    """Envoy's classification: no ``_id`` is a scatter get, ``_id: {$in: [...]}`` a multi get."""
+    if not isinstance(query_filter, RawBSONDocument | dict):
+        return _SCATTER_GET
+    id_value = query_filter.get("_id")
+    if id_value is None and "_id" not in query_filter:
+        return _SCATTER_GET
+    if isinstance(id_value, RawBSONDocument | dict) and "$in" in id_value:
+        return _MULTI_GET
+    return _PRIMARY_KEY
+
+
+def _callsite(document: RawBSONDocument, field_name: str) -> str | None:
+    value = document.get(field_name)
+    if value is None and field_name == "$comment":
+        # The find command spells the legacy ``$comment`` modifier ``comment``.
+        value = document.get("comment")
+    return value if isinstance(value, str) else None
+
+
+def _query_info(message: PlainMessage, callsite_field: str) -> _QueryInfo | None:
+    """Read filter, ``maxTimeMS``, comment and cursor flags of a query; None if it cannot be read."""
+    try:
+        if isinstance(message, OpMsg):
+            body = RawBSONDocument(message.body, _RAW)
+            return _QueryInfo(
+                kind=_query_kind(body.get("filter")),
+                max_time_ms=_as_int(body.get("maxTimeMS")),
+                callsite=_callsite(body, callsite_field),
+                tailable=body.get("tailable") is True,
+                await_data=body.get("awaitData") is True,
+                no_cursor_timeout=body.get("noCursorTimeout") is True,
+                exhaust=message.exhaust_allowed,
+            )
+        if isinstance(message, OpQuery):
+            flags = message.flags
+            query = RawBSONDocument(message.query, _RAW)
+            if message.is_command:
+                # A find command sent as a ``$cmd`` query (drivers of the MongoDB 3.2-3.4 era).
+                inner = query.get("$query", query)
+                if not isinstance(inner, RawBSONDocument):
+                    inner = query
+                query_filter: Any = inner.get("filter")
+                max_time = _as_int(inner.get("maxTimeMS") or query.get("$maxTimeMS"))
+                callsite = _callsite(inner, callsite_field) or _callsite(query, callsite_field)
+            elif "$query" in query or "query" in query:
+                query_filter = query.get("$query", query.get("query"))
+                max_time = _as_int(query.get("$maxTimeMS"))
+                callsite = _callsite(query, callsite_field)
+            else:
+                query_filter, max_time, callsite = query, 0, None
+            return _QueryInfo(
+                kind=_query_kind(query_filter),
+                max_time_ms=max_time,
+                callsite=callsite,
+                tailable=bool(flags & QUERY_TAILABLE_CURSOR),
+                await_data=bool(flags & QUERY_AWAIT_DATA),
+                no_cursor_timeout=bool(flags & QUERY_NO_CURSOR_TIMEOUT),
+                exhaust=bool(flags & QUERY_EXHAUST),
+            )
+    except Exception:  # invalid BSON inside a message the codec accepted: no query stats, no crash
+        return None
+    return None
+
+
+def _killed_cursor_count(message: PlainMessage) -> int:
+    if isinstance(message, OpKillCursors):
+        return len(message.cursor_ids)
+    body = message.body if isinstance(message, OpMsg) else message.query if isinstance(message, OpQuery) else None
+    if body is None:
+        return 0
+    try:
+        cursors = RawBSONDocument(body, _RAW).get("cursors")
+    except Exception:
+        return 0
+    return len(cursors) if isinstance(cursors, list) else 0
+
+
+def _reply_payload_size(message: PlainMessage) -> int:
+    """Bytes of reply documents (Envoy's ``reply_size``: the documents, not the headers)."""
+    if isinstance(message, OpReply):
+        return sum(len(document) for document in message.documents)
+    if isinstance(message, OpMsg):
+        size = len(message.body)
+        for sequence in message.sequences:
+            size += sum(len(document) for document in sequence.documents)
+        return size
+    return len(message.raw)
+
+
+class MongoStatsFilter(MongoFilter):
+    """Counts every operation; see ``docs/mongo.md`` for the full table of names."""
+
+    def __init__(
+        self,
+        stats: StatsStore,
+        prefix: str,
+        *,
+        per_collection: bool = True,
+        callsite_field: str = "$comment",
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        self.store = stats
+        self.prefix = prefix
+        self.per_collection = per_collection
+        self.callsite_field = callsite_field
+        self.max_keys = max_keys
+        self._scope = f"mongo.{prefix}."
+        labels = _label_prefix(prefix)
+        counters: dict[str, Any] = {
+            name: stats.counter(self._scope + _flat(name), prom=prom, labels=labels)
+            for name, prom in _GLOBAL_COUNTERS.items()
+        }
+        for name, prom in _GLOBAL_GAUGES.items():
+            counters[name] = stats.gauge(self._scope + name, prom=prom, labels=labels)
+        self.g = _Globals(**counters)
+        self._envoy_ops: dict[str, Counter] = {
+            command: getattr(self.g, counter) for command, counter in _ENVOY_OP_COUNTERS.items()
+        }
+        self._compressors: dict[int, Counter] = {}
+        self._commands: dict[str, _CommandStats] = {}
+        self._namespaces: dict[tuple[str, str, str], _NamespaceStats] = {}
+        self._queries: dict[tuple[str, str | None], _QueryStats] = {}
+        self._connections: dict[int, dict[int, _OpState]] = {}
+        """Per connection id: the operations awaiting their final reply, keyed by ``id(op)``."""
+
+    # -- stat objects, built once per key ---------------------------------------------------------------
+
+    def _compressor(self, compressor: int) -> Counter:
+        counter = self._compressors.get(compressor)
+        if counter is None:
+            try:
+                name = Compressor(compressor).name.lower()
+            except ValueError:
+                name = str(compressor)
+            counter = self.store.counter(
+                f"{self._scope}op_compressed.{name}",
+                prom="meshproxy_mongo_op_compressed_by_compressor",
+                labels={"prefix": self.prefix, "compressor": name},
+            )
+            self._compressors[compressor] = counter
+        return counter
+
+    def _command(self, command: str) -> _CommandStats:
+        stats = self._commands.get(command)
+        if stats is None:
+            stats = self._bounded(self._commands, command, OVERFLOW, self._new_command)
+        return stats
+
+    def _new_command(self, command: str) -> _CommandStats:
+        base = f"{self._scope}cmd.{command}."
+        labels = {"prefix": self.prefix, "command": command}
+        store = self.store
+        return _CommandStats(
+            name=command,
+            total=store.counter(base + "total", prom="meshproxy_mongo_cmd", labels=labels),
+            reply_num_docs=store.histogram(
+                base + "reply_num_docs",
+                prom="meshproxy_mongo_cmd_reply_num_docs",
+                labels=labels,
+                buckets=NUM_DOCS_BUCKETS,
+            ),
+            reply_size=store.histogram(
+                base + "reply_size", prom="meshproxy_mongo_cmd_reply_size_bytes", labels=labels, buckets=SIZE_BUCKETS
+            ),
+            reply_time_ms=store.histogram(
+                base + "reply_time_ms", prom="meshproxy_mongo_cmd_reply_time_ms", labels=labels
+            ),
+        )
+
+    def _command_error(self, command: _CommandStats, code_name: str) -> Counter:
+        counter = command.errors.get(code_name)
+        if counter is None:
+            if len(command.errors) >= _MAX_ERROR_NAMES:
+                code_name = OVERFLOW
+            try:
+                counter = self.store.counter(
+                    f"{self._scope}cmd.{command.name}.error.{code_name}",
+                    prom="meshproxy_mongo_cmd_error",
+                    labels={"prefix": self.prefix, "command": command.name, "code_name": code_name},
+                )
+            except StatsError:
+                return self.g.unclassified_error
+            command.errors[code_name] = counter
+        return counter
+
+    def _namespace(self, key: tuple[str, str, str]) -> _NamespaceStats:
+        stats = self._namespaces.get(key)
+        if stats is None:
+            stats = self._bounded(self._namespaces, key, (OVERFLOW, OVERFLOW, OVERFLOW), self._new_namespace)
+        return stats
+
+    def _new_namespace(self, key: tuple[str, str, str]) -> _NamespaceStats:
+        db, collection, command = key
+        base = f"{self._scope}db.{db}.collection.{collection}.cmd.{command}."
+        labels = {"prefix": self.prefix, "db": db, "collection": collection, "command": command}
+        store = self.store
+        return _NamespaceStats(
+            total=store.counter(base + "total", prom="meshproxy_mongo_command", labels=labels),
+            errors=store.counter(base + "errors", prom="meshproxy_mongo_command_errors", labels=labels),
+            reply_time_ms=store.histogram(
+                base + "reply_time_ms", prom="meshproxy_mongo_command_duration_ms", labels=labels
+            ),
+            request_bytes=store.counter(
+                base + "request_bytes", prom="meshproxy_mongo_command_request_bytes", labels=labels
+            ),
+            reply_bytes=store.counter(base + "reply_bytes", prom="meshproxy_mongo_command_reply_bytes", labels=labels),
+        )
+
+    def _query(self, collection: str, callsite: str | None) -> _QueryStats:
+        key = (collection, callsite)
+        stats = self._queries.get(key)
+        if stats is None:
+            overflow = (OVERFLOW, None if callsite is None else OVERFLOW)
+            stats = self._bounded(self._queries, key, overflow, self._new_query)
+        return stats
+
+    def _new_query(self, key: tuple[str, str | None]) -> _QueryStats:
+        collection, callsite = key
+        if callsite is None:
+            base = f"{self._scope}collection.{collection}."
+            family = "meshproxy_mongo_collection"
+            labels = {"prefix": self.prefix, "collection": collection}
+        else:
+            base = f"{self._scope}collection.{collection}.callsite.{callsite}."
+            family = "meshproxy_mongo_callsite"
+            labels = {"prefix": self.prefix, "collection": collection, "callsite": callsite}
+        store = self.store
+        return _QueryStats(
+            total=store.counter(base + "query.total", prom=family + "_query", labels=labels),
+            scatter_get=store.counter(base + "query.scatter_get", prom=family + "_query_scatter_get", labels=labels),
+            multi_get=store.counter(base + "query.multi_get", prom=family + "_query_multi_get", labels=labels),
+            reply_num_docs=store.histogram(
+                base + "reply_num_docs", prom=family + "_reply_num_docs", labels=labels, buckets=NUM_DOCS_BUCKETS
+            ),
+            reply_size=store.histogram(
+                base + "reply_size", prom=family + "_reply_size_bytes", labels=labels, buckets=SIZE_BUCKETS
+            ),
+            reply_time_ms=store.histogram(base + "reply_time_ms", prom=family + "_reply_time_ms", labels=labels),
+        )
+
+    def _bounded(self, cache: dict[K, S], key: K, overflow: K, build: Callable[[K], S]) -> S:
+        """Build (once) the stats of ``key``; past ``max_keys`` entries, or if a client-chosen name would
+        collide with another stat's flat name, count under the ``overflow`` key instead."""
+        if len(cache) < self.max_keys:
+            try:
+                stats = build(key)
+            except StatsError:  # e.g. a collection named "x.callsite.y" meeting collection x, callsite y
+                pass
+            else:
+                cache[key] = stats
+                return stats
+        existing = cache.get(overflow)
+        if existing is None:
+            existing = cache[overflow] = build(overflow)
+        return existing
+
+    # -- hooks ----------------------------------------------------------------------------------------
+
+    def on_connection_open(self, connection: ConnectionInfo) -> None:
+        self._connections[connection.id] = {}
+
+    def on_request(self, op: MongoOperation) -> None:
+        g = self.g
+        request = op.request
+        size = len(request.raw)
+        g.bytes_in.inc(size)
+        if isinstance(request, OpCompressed):
+            g.op_compressed.inc()
+            self._compressor(request.compressor).inc()
+            message: PlainMessage = request.inner
+        else:
+            message = request
+        if isinstance(message, OpMsg):
+            g.op_msg.inc()
+            if message.more_to_come:
+                g.op_msg_more_to_come.inc()
+        else:
+            g.op_legacy.inc()
+            if isinstance(message, OpQuery) and message.is_command:
+                g.op_query.inc()  # Envoy counts every OP_QUERY, commands included
+        command_name = op.command
+        envoy_op = self._envoy_ops.get(command_name)
+        if envoy_op is not None and not (isinstance(message, OpQuery) and message.is_command):
+            envoy_op.inc()
+        command = self._command(command_name or NO_COLLECTION)
+        command.total.inc()
+
+        namespace: _NamespaceStats | None = None
+        collection = op.collection
+        if self.per_collection:
+            namespace = self._namespace((_name(op.database), _name(collection), command.name))
+            namespace.total.inc()
+            namespace.request_bytes.inc(size)
+
+        is_query = command_name in QUERY_COMMANDS
+        queries: tuple[_QueryStats, ...] = ()
+        if is_query:
+            queries = self._count_query(message, collection)
+        elif command_name == "killCursors":
+            killed = _killed_cursor_count(message)
+            if killed:
+                g.cursor_killed.inc(killed)
+
+        if not op.expects_reply:
+            return
+        g.op_active.inc()
+        if is_query:
+            g.op_query_active.inc()
+        pending = self._connections.get(op.connection.id)
+        if pending is None:
+            pending = self._connections[op.connection.id] = {}
+        pending[id(op)] = _OpState(
+            op=op,
+            command=command,
+            namespace=namespace,
+            queries=queries,
+            is_query=is_query,
+            is_get_more=command_name in GET_MORE_COMMANDS,
+            last_ns=op.started_ns,
+        )
+
+    def _count_query(self, message: PlainMessage, collection: str | None) -> tuple[_QueryStats, ...]:
+        g = self.g
+        info = _query_info(message, self.callsite_field)
+        if info is None:
+            return ()
+        if info.tailable:
+            g.op_query_tailable_cursor.inc()
+        if info.no_cursor_timeout:
+            g.op_query_no_cursor_timeout.inc()
+        if info.await_data:
+            g.op_query_await_data.inc()
+        if info.exhaust:
+            g.op_query_exhaust.inc()
+        if info.max_time_ms < 1:
+            g.op_query_no_max_time.inc()
+        if info.kind == _SCATTER_GET:
+            g.op_query_scatter_get.inc()
+        elif info.kind == _MULTI_GET:
+            g.op_query_multi_get.inc()
+        if not self.per_collection:
+            return ()
+        targets = [self._query(_name(collection), None)]
+        if info.callsite:
+            targets.append(self._query(_name(collection), info.callsite))
+        for stats in targets:
+            stats.total.inc()
+            if info.kind == _SCATTER_GET:
+                stats.scatter_get.inc()
+            elif info.kind == _MULTI_GET:
+                stats.multi_get.inc()
+        return tuple(targets)
+
+    def on_response(self, op: MongoOperation) -> None:
+        pending = self._connections.get(op.connection.id)
+        if pending is None:
+            return
+        state = pending.get(id(op))
+        response = op.response
+        if state is None or response is None:
+            return  # a request this filter did not see (it sits after a filter that answered it)
+        g = self.g
+        g.op_reply.inc()
+        size = len(response.raw)
+        g.bytes_out.inc(size)
+        message = response.inner if isinstance(response, OpCompressed) else response
+        final = not (isinstance(message, OpMsg) and message.more_to_come)
+        if not final:
+            g.op_reply_more_to_come.inc()
+
+        summary = summarize_reply(message)
+        if summary.cursor_id:
+            g.op_reply_valid_cursor.inc()
+        if summary.cursor_not_found:
+            g.op_reply_cursor_not_found.inc()
+            g.cursor_not_found.inc()
+        if summary.query_failure:
+            g.op_reply_query_failure.inc()
+        if state.is_get_more:
+            if summary.ok and summary.cursor_id == 0:
+                g.cursor_exhausted.inc()
+        elif summary.cursor_id and op.replies <= 1:
+            g.cursor_opened.inc()
+
+        elapsed_ms = (op.finished_ns - state.last_ns) / 1e6 if op.finished_ns else 0.0
+        state.last_ns = op.finished_ns or state.last_ns
+        num_docs = summary.num_docs
+        reply_size = _reply_payload_size(message)
+        command = state.command
+        command.reply_num_docs.record(num_docs)
+        command.reply_size.record(reply_size)
+        command.reply_time_ms.record(elapsed_ms)
+        for query in state.queries:
+            query.reply_num_docs.record(num_docs)
+            query.reply_size.record(reply_size)
+            query.reply_time_ms.record(elapsed_ms)
+
+        failed = not summary.ok
+        if failed:
+            self._command_error(command, code_name(summary.code, summary.code_name)).inc()
+        for write_error in summary.write_errors:
+            failed = True
+            self._command_error(command, _write_error_name(write_error)).inc()
+
+        namespace = state.namespace
+        if namespace is not None:
+            namespace.reply_bytes.inc(size)
+            namespace.reply_time_ms.record(elapsed_ms)
+            if failed:
+                namespace.errors.inc()
+
+        if final:
+            del pending[id(op)]
+            g.op_active.dec()
+            if state.is_query:
+                g.op_query_active.dec()
+
+    def on_connection_close(self, connection: ConnectionInfo, *, active_operations: int, local: bool) -> None:
+        pending = self._connections.pop(connection.id, None) or {}
+        if active_operations or pending:
+            if local:
+                self.g.cx_destroy_local_with_active_rq.inc()
+            else:
+                self.g.cx_destroy_remote_with_active_rq.inc()
+        for state in pending.values():
+            self.g.op_active.dec()
+            if state.is_query:
+                self.g.op_query_active.dec()
+
+
+CODE_NAMES: dict[int, str] = {
+    2: "BadValue",
+    9: "FailedToParse",
+    11: "UserNotFound",
+    13: "Unauthorized",
+    14: "TypeMismatch",
+    18: "AuthenticationFailed",
+    26: "NamespaceNotFound",
+    28: "PathNotViable",
+    40: "ConflictingUpdateOperators",
+    43: "CursorNotFound",
+    48: "NamespaceExists",
+    50: "MaxTimeMSExpired",
+    52: "DollarPrefixedFieldName",
+    55: "InvalidDBRef",
+    56: "EmptyFieldName",
+    57: "DottedFieldName",
+    59: "CommandNotFound",
+    64: "WriteConcernFailed",
+    66: "ImmutableField",
+    79: "UnknownReplWriteConcern",
+    85: "IndexOptionsConflict",
+    86: "IndexKeySpecsConflict",
+    91: "ShutdownInProgress",
+    100: "UnsatisfiableWriteConcern",
+    112: "WriteConflict",
+    121: "DocumentValidationFailure",
+    189: "PrimarySteppedDown",
+    251: "NoSuchTransaction",
+    262: "ExceededTimeLimit",
+    10107: "NotWritablePrimary",
+    11000: "DuplicateKey",
+    11600: "InterruptedAtShutdown",
+    11602: "InterruptedDueToReplStateChange",
+    13435: "NotPrimaryNoSecondaryOk",
+    13436: "NotPrimaryOrSecondary",
+}
+"""Names of the error codes met most often. Servers put ``codeName`` in command errors but not in
+``writeErrors`` entries (``{index, code, errmsg}``), so write errors are named from this table; a code it
+does not know is named ``Location<code>``, MongoDB's own spelling for codes without a name."""
+
+
+def code_name(code: int | None, name: str | None = None) -> str:
+    """The name errors are counted under: the server's ``codeName``, else a known name for ``code``."""
+    if name:
+        return name
+    if code is None:
+        return "UnknownError"
+    return CODE_NAMES.get(code) or f"Location{code}"
+
+
+def _write_error_name(write_error: Any) -> str:
+    """``codeName`` of one entry of ``ReplySummary.write_errors``: a name, a code, a (code, name) pair, or a
+    mapping with ``code`` / ``codeName``."""
+    if isinstance(write_error, str):
+        return write_error
+    if isinstance(write_error, int):
+        return code_name(write_error)
+    if isinstance(write_error, dict):
+        code = write_error.get("code")
+        return code_name(code if isinstance(code, int) else None, write_error.get("codeName"))
+    if isinstance(write_error, tuple | list):
+        codes = [part for part in write_error if isinstance(part, int) and not isinstance(part, bool)]
+        names = [part for part in write_error if isinstance(part, str) and part]
+        return code_name(codes[0] if codes else None, names[0] if names else None)
+    code = getattr(write_error, "code", None)
+    return code_name(code if isinstance(code, int) else None, getattr(write_error, "code_name", None))

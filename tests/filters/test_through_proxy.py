@@ -1,0 +1,73 @@
+"""The filters in a running proxy, between real pymongo and a real SecantusDB."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pymongo
+import pytest
+
+from meshproxy.config import mongo_sidecar_config
+from meshproxy.proxy import ProxyThread
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_a_pymongo_workload_is_counted_exactly_and_stays_on_the_proxy(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "access.log"
+    config = mongo_sidecar_config(
+        listen=("127.0.0.1", 0),
+        upstream=secantus,
+        admin=None,
+        stat_prefix="app",
+        filters=[
+            {"type": "stats"},
+            {"type": "access_log", "path": str(log_path)},
+            {"type": "topology_rewrite"},
+        ],
+    )
+    with ProxyThread(config) as proxy:
+        host, port = proxy.listener_address("app")
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+            f"mongodb://{host}:{port}", serverSelectionTimeoutMS=5000
+        )
+        try:
+            people = client.workload.people
+            for i in range(137):
+                people.insert_one({"_id": i, "n": i})
+            assert len(list(people.find({}, batch_size=10).comment("listing"))) == 137
+            # Discovery ran on the rewritten hello: pymongo still talks to the proxy, not to SecantusDB.
+            assert client.address == (host, port)
+        finally:
+            client.close()
+        v = proxy.stats.values()
+        assert v["mongo.app.cmd.insert.total"] == 137
+        assert v["mongo.app.db.workload.collection.people.cmd.insert.total"] == 137
+        assert v["mongo.app.op_insert"] == 137
+        assert v["mongo.app.cmd.find.total"] == 1
+        assert v["mongo.app.cmd.getMore.total"] == 13
+        assert v["mongo.app.collection.people.callsite.listing.query.total"] == 1
+        assert v["mongo.app.cursor.opened"] == 1
+        assert v["mongo.app.cursor.exhausted"] == 1
+        assert v["mongo.app.topology_rewrite"] >= 1
+        wait_for(lambda: proxy.stats.values()["mongo.app.op_active"] == 0)
+        prometheus = proxy.stats.prometheus().decode()
+        assert (
+            'meshproxy_mongo_command_total{prefix="app",db="workload",collection="people",command="insert"} 137'
+            in prometheus
+        )
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    inserts = [line for line in lines if line["command"] == "insert"]
+    assert len(inserts) == 137
+    assert all(line["ok"] for line in inserts)
