@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmarks.cpu import CpuAccounting
 from benchmarks.targets import (
     LOCALHOST,
     REPO_ROOT,
@@ -46,6 +47,9 @@ DEFAULT_WARMUP_S = 0.5
 DEFAULT_ROUNDS = 3
 DEFAULT_CONNECTIONS = (1, 32)
 REFERENCE_TARGET = "haproxy"
+
+#: A run is "contended" when processes that are not ours took more than this share of a pinned core.
+CONTENDED_FOREIGN_PCT = 10.0
 
 #: Below this proxy-CPU busy share, ops per proxy-core-second is too noisy to print (e.g. 1 connection).
 MIN_BUSY_FOR_CAPACITY = 50.0
@@ -68,6 +72,9 @@ class RunRecord:
     started: bool = True
     proxy_cpu_busy_pct: float | None = None
     load_cpu_busy_pct: float | None = None
+    proxy_cpu_foreign_pct: float | None = None
+    load_cpu_foreign_pct: float | None = None
+    contended: bool = False
 
 
 @dataclass(slots=True)
@@ -143,33 +150,6 @@ def _run_load(port: int, connections: int, args: argparse.Namespace, cpu: int | 
     return result
 
 
-def cpu_times() -> dict[int, tuple[int, int]]:
-    """Per-CPU (busy, total) jiffies from /proc/stat (Linux); empty elsewhere."""
-    times: dict[int, tuple[int, int]] = {}
-    try:
-        with open("/proc/stat") as stat:
-            for line in stat:
-                name, *fields = line.split()
-                if name.startswith("cpu") and name != "cpu":
-                    values = [int(v) for v in fields[:8]]
-                    idle = values[3] + values[4]  # idle + iowait
-                    times[int(name[3:])] = (sum(values) - idle, sum(values))
-    except OSError:
-        pass
-    return times
-
-
-def busy_percent(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpu: int | None
-) -> float | None:
-    """How busy ``cpu`` was between two ``cpu_times()`` samples, in percent."""
-    if cpu is None or cpu not in before or cpu not in after:
-        return None
-    busy = after[cpu][0] - before[cpu][0]
-    total = after[cpu][1] - before[cpu][1]
-    return round(100.0 * busy / total, 1) if total > 0 else None
-
-
 def _find_counter(running: Running, prefix: str) -> tuple[int | None, str]:
     if running.admin_url is None:
         return None, "no admin endpoint"
@@ -209,21 +189,26 @@ def run_benchmark(args: argparse.Namespace, targets: list[Target]) -> tuple[list
             order = targets[shift:] + targets[:shift]
             counts = list(args.connections) if round_index % 2 == 0 else list(reversed(args.connections))
             for target in order:
-                records.extend(_run_target(target, round_index, counts, backend_port, proxy_cpu, load_cpu, args))
+                placement = _Placement(backend_port, backend.pid, proxy_cpu, load_cpu)
+                records.extend(_run_target(target, round_index, counts, placement, args))
     finally:
         stop_process(backend)
     return records, meta
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    backend_port: int
+    backend_pid: int
+    proxy_cpu: int | None
+    load_cpu: int | None
+
+
 def _run_target(
-    target: Target,
-    round_index: int,
-    counts: list[int],
-    backend_port: int,
-    proxy_cpu: int | None,
-    load_cpu: int | None,
-    args: argparse.Namespace,
+    target: Target, round_index: int, counts: list[int], placement: _Placement, args: argparse.Namespace
 ) -> list[RunRecord]:
+    backend_port, backend_pid = placement.backend_port, placement.backend_pid
+    proxy_cpu, load_cpu = placement.proxy_cpu, placement.load_cpu
     records: list[RunRecord] = []
     try:
         running = target.start(backend_port, proxy_cpu)
@@ -238,16 +223,22 @@ def _run_target(
             before: int | None = None
             if prefix:
                 before, _ = _find_counter(running, prefix)
-            sample = cpu_times()
+            accounting = CpuAccounting(
+                proxy_cpu, load_cpu, running.process.pid if running.process else None, backend_pid
+            )
             try:
                 record.result = _run_load(running.port, connections, args, load_cpu)
                 if record.result.get("errors"):
                     record.error = "; ".join(record.result["errors"])[:300]
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
                 record.error = str(exc)
-            now = cpu_times()
-            record.proxy_cpu_busy_pct = busy_percent(sample, now, proxy_cpu)
-            record.load_cpu_busy_pct = busy_percent(sample, now, load_cpu)
+            window = accounting.finish()
+            record.proxy_cpu_busy_pct, record.load_cpu_busy_pct = window.proxy_busy_pct, window.load_busy_pct
+            record.proxy_cpu_foreign_pct = window.proxy_foreign_pct
+            record.load_cpu_foreign_pct = window.load_foreign_pct
+            record.contended = any(
+                f is not None and f > CONTENDED_FOREIGN_PCT for f in (window.proxy_foreign_pct, window.load_foreign_pct)
+            )
             if gone := running.exited():
                 record.error = f"{target.name} {gone}"
             if prefix:
@@ -275,6 +266,11 @@ def _progress(record: RunRecord) -> str:
     text = head + f"{r['ops_per_s']:>10,.0f} ops/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
     if record.proxy_cpu_busy_pct is not None:
         text += f"  cpu proxy/load {record.proxy_cpu_busy_pct:.0f}%/{record.load_cpu_busy_pct or 0:.0f}%"
+    if record.contended:
+        text += (
+            f"  CONTENDED (others took {record.proxy_cpu_foreign_pct or 0:.0f}%/"
+            f"{record.load_cpu_foreign_pct or 0:.0f}% of the cores)"
+        )
     if record.proxy_note:
         text += f"  ({record.proxy_note})"
     if record.error:
@@ -297,7 +293,16 @@ def summarize(
                 by_target[target.name] = summary
                 continue
             mine = [r for r in records if r.target == target.name and r.connections == n]
-            good_runs = [r for r in mine if r.result is not None and not r.error]
+            completed = [r for r in mine if r.result is not None and not r.error]
+            clean = [r for r in completed if not r.contended]
+            good_runs = clean or completed
+            if len(clean) < len(completed):
+                left_out = len(completed) - len(clean)
+                summary.notes.append(
+                    f"{left_out} of {len(completed)} runs contended by other processes, left out"
+                    if clean
+                    else "every run contended by other processes: figures are noisy"
+                )
             good = [r.result for r in good_runs if r.result is not None]
             summary.runs = len(good)
             proxy_busy = [r.proxy_cpu_busy_pct for r in good_runs if r.proxy_cpu_busy_pct is not None]

@@ -222,3 +222,18 @@ def test_harness_runs_direct_and_a_forwarder_and_writes_json(tmp_path: Path) -> 
     assert all(s["ops_per_s"] > 0 and s["runs"] == 1 for s in by_target.values())
     assert all(r["result"]["sent"] == r["result"]["received"] for r in report["runs"])
     assert "asyncio-forwarder" in done.stdout.decode()
+
+
+def test_runs_contended_by_other_processes_are_left_out_of_the_median_when_clean_runs_exist() -> None:
+    from benchmarks.harness import RunRecord, summarize
+    from benchmarks.targets import all_targets
+
+    def run(round_: int, ops: float, contended: bool) -> RunRecord:
+        result = {"ops_per_s": ops, "p50_us": 300.0, "p99_us": 600.0, "errors": []}
+        return RunRecord(round_, "haproxy", 32, result=result, contended=contended)
+
+    records = [run(1, 100_000, False), run(2, 40_000, True), run(3, 30_000, True)]
+    (summary,) = summarize(records, [all_targets()["haproxy"]], {}, [32])
+    assert summary.ops_per_s == 100_000
+    assert summary.runs == 1
+    assert summary.notes == ["2 of 3 runs contended by other processes, left out"]
