@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
+from pymongo import message as pymongo_message
+from pymongo.compression_support import ZlibContext
 from pymongo.hello import Hello
 from pymongo.server_type import SERVER_TYPE
 
@@ -146,3 +149,21 @@ def test_stats_see_the_rewritten_reply_and_still_count_it(wire: Wire, stats: Sta
 )
 def test_the_advertised_address_is_one_a_driver_can_dial(address: tuple[str, int], advertised: str) -> None:
     assert advertised_host_port(address) == advertised
+
+
+def test_a_compressed_hello_reply_is_rewritten_and_sent_uncompressed(wire: Wire, stats: StatsStore) -> None:
+    chain = Chain([topology(stats)])
+    request = op_msg({"hello": 1}, "admin")
+    op, _ = chain.request(request)
+    wire.send(request)
+    plain = wire.receive()
+    # The reply as a server that negotiated zlib would send it: pymongo's own compressor, then the
+    # responseTo of the original reply put back into the header (pymongo compresses requests, which have none).
+    _, compressed = pymongo_message._compress(2013, plain.raw[16:], ZlibContext(-1))
+    compressed = compressed[:8] + struct.pack("<i", plain.header.response_to) + compressed[12:]
+    chain.reply(op, compressed)
+    assert op.response_replaced
+    assert isinstance(op.response, OpMsg)
+    document = on_the_wire(op.response)
+    assert document["hosts"] == ["127.0.0.1:27100"]
+    assert op.response.header.response_to == plain.header.response_to

@@ -24,12 +24,14 @@ from bson import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from meshproxy.codecs.mongo import (
+    MORE_TO_COME,
     QUERY_AWAIT_DATA,
     QUERY_EXHAUST,
     QUERY_NO_CURSOR_TIMEOUT,
     QUERY_TAILABLE_CURSOR,
     Compressor,
     OpCompressed,
+    OpGetMore,
     OpKillCursors,
     OpMsg,
     OpQuery,
@@ -514,63 +516,64 @@ class MongoStatsFilter(MongoFilter):
         self._connections[connection.id] = {}
 
     def on_request(self, op: MongoOperation) -> None:
+        # Hot path: type() identity checks and ``counter.value += n`` rather than isinstance / inc().
         g = self.g
         request = op.request
         size = len(request.raw)
-        g.bytes_in.inc(size)
-        if isinstance(request, OpCompressed):
-            g.op_compressed.inc()
-            self._compressor(request.compressor).inc()
-            message: PlainMessage = request.inner
+        g.bytes_in.value += size
+        message: PlainMessage
+        if type(request) is OpCompressed:
+            g.op_compressed.value += 1
+            self._compressor(request.compressor).value += 1
+            message = request.inner
         else:
-            message = request
-        if isinstance(message, OpMsg):
-            g.op_msg.inc()
-            if message.more_to_come:
-                g.op_msg_more_to_come.inc()
+            message = request  # type: ignore[assignment]
+        command_query = False
+        if type(message) is OpMsg:
+            g.op_msg.value += 1
+            expects_reply = not message.flag_bits & MORE_TO_COME
+            if not expects_reply:
+                g.op_msg_more_to_come.value += 1
         else:
-            g.op_legacy.inc()
-            if isinstance(message, OpQuery) and message.is_command:
-                g.op_query.inc()  # Envoy counts every OP_QUERY, commands included
+            g.op_legacy.value += 1
+            expects_reply = type(message) is OpQuery or type(message) is OpGetMore
+            if type(message) is OpQuery and message.is_command:
+                command_query = True
+                g.op_query.value += 1  # Envoy counts every OP_QUERY, commands included
         command_name = op.command
-        envoy_op = self._envoy_ops.get(command_name)
-        if envoy_op is not None and not (isinstance(message, OpQuery) and message.is_command):
-            envoy_op.inc()
-        command = self._command(command_name or NO_COLLECTION)
-        command.total.inc()
+        if not command_query:
+            envoy_op = self._envoy_ops.get(command_name)
+            if envoy_op is not None:
+                envoy_op.value += 1
+        command = self._commands.get(command_name) or self._command(command_name or NO_COLLECTION)
+        command.total.value += 1
 
         namespace: _NamespaceStats | None = None
         collection = op.collection
         if self.per_collection:
-            namespace = self._namespace((_name(op.database), _name(collection), command.name))
-            namespace.total.inc()
-            namespace.request_bytes.inc(size)
+            key = (op.database or NO_COLLECTION, collection or NO_COLLECTION, command.name)
+            namespace = self._namespaces.get(key) or self._namespace(key)
+            namespace.total.value += 1
+            namespace.request_bytes.value += size
 
         is_query = command_name in QUERY_COMMANDS
         queries: tuple[_QueryStats, ...] = ()
         if is_query:
             queries = self._count_query(message, collection)
         elif command_name == "killCursors":
-            killed = _killed_cursor_count(message)
-            if killed:
-                g.cursor_killed.inc(killed)
+            g.cursor_killed.value += _killed_cursor_count(message)
 
-        if not op.expects_reply:
+        if not expects_reply:
             return
-        g.op_active.inc()
+        g.op_active.value += 1
         if is_query:
-            g.op_query_active.inc()
-        pending = self._connections.get(op.connection.id)
+            g.op_query_active.value += 1
+        connection_id = op.connection.id
+        pending = self._connections.get(connection_id)
         if pending is None:
-            pending = self._connections[op.connection.id] = {}
+            pending = self._connections[connection_id] = {}
         pending[id(op)] = _OpState(
-            op=op,
-            command=command,
-            namespace=namespace,
-            queries=queries,
-            is_query=is_query,
-            is_get_more=command_name in GET_MORE_COMMANDS,
-            last_ns=op.started_ns,
+            op, command, namespace, queries, is_query, command_name in GET_MORE_COMMANDS, op.started_ns
         )
 
     def _count_query(self, message: PlainMessage, collection: str | None) -> tuple[_QueryStats, ...]:
@@ -614,30 +617,33 @@ class MongoStatsFilter(MongoFilter):
         if state is None or response is None:
             return  # a request this filter did not see (it sits after a filter that answered it)
         g = self.g
-        g.op_reply.inc()
+        g.op_reply.value += 1
         size = len(response.raw)
-        g.bytes_out.inc(size)
+        g.bytes_out.value += size
         message = response.inner if isinstance(response, OpCompressed) else response
-        final = not (isinstance(message, OpMsg) and message.more_to_come)
+        final = not (type(message) is OpMsg and message.flag_bits & MORE_TO_COME)
         if not final:
-            g.op_reply_more_to_come.inc()
+            g.op_reply_more_to_come.value += 1
 
         summary = summarize_reply(message)
-        if summary.cursor_id:
-            g.op_reply_valid_cursor.inc()
+        cursor_id = summary.cursor_id
+        if cursor_id:
+            g.op_reply_valid_cursor.value += 1
         if summary.cursor_not_found:
-            g.op_reply_cursor_not_found.inc()
-            g.cursor_not_found.inc()
+            g.op_reply_cursor_not_found.value += 1
+            g.cursor_not_found.value += 1
         if summary.query_failure:
-            g.op_reply_query_failure.inc()
+            g.op_reply_query_failure.value += 1
         if state.is_get_more:
-            if summary.ok and summary.cursor_id == 0:
-                g.cursor_exhausted.inc()
-        elif summary.cursor_id and op.replies <= 1:
-            g.cursor_opened.inc()
+            if cursor_id == 0 and summary.ok:
+                g.cursor_exhausted.value += 1
+        elif cursor_id and op.replies <= 1:
+            g.cursor_opened.value += 1
 
-        elapsed_ms = (op.finished_ns - state.last_ns) / 1e6 if op.finished_ns else 0.0
-        state.last_ns = op.finished_ns or state.last_ns
+        finished_ns = op.finished_ns
+        elapsed_ms = (finished_ns - state.last_ns) / 1e6 if finished_ns else 0.0
+        if finished_ns:
+            state.last_ns = finished_ns
         num_docs = summary.num_docs
         reply_size = _reply_payload_size(message)
         command = state.command
@@ -651,23 +657,24 @@ class MongoStatsFilter(MongoFilter):
 
         failed = not summary.ok
         if failed:
-            self._command_error(command, code_name(summary.code, summary.code_name)).inc()
-        for write_error in summary.write_errors:
+            self._command_error(command, code_name(summary.code, summary.code_name)).value += 1
+        if summary.write_errors:
             failed = True
-            self._command_error(command, _write_error_name(write_error)).inc()
+            for write_error in summary.write_errors:
+                self._command_error(command, _write_error_name(write_error)).value += 1
 
         namespace = state.namespace
         if namespace is not None:
-            namespace.reply_bytes.inc(size)
+            namespace.reply_bytes.value += size
             namespace.reply_time_ms.record(elapsed_ms)
             if failed:
-                namespace.errors.inc()
+                namespace.errors.value += 1
 
         if final:
             del pending[id(op)]
-            g.op_active.dec()
+            g.op_active.value -= 1
             if state.is_query:
-                g.op_query_active.dec()
+                g.op_query_active.value -= 1
 
     def on_connection_close(self, connection: ConnectionInfo, *, active_operations: int, local: bool) -> None:
         pending = self._connections.pop(connection.id, None) or {}
