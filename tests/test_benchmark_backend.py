@@ -237,3 +237,16 @@ def test_runs_contended_by_other_processes_are_left_out_of_the_median_when_clean
     assert summary.ops_per_s == 100_000
     assert summary.runs == 1
     assert summary.notes == ["2 of 3 runs contended by other processes, left out"]
+
+
+def test_a_missing_haproxy_is_a_skipped_row_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import targets
+    from benchmarks.harness import summarize
+
+    monkeypatch.setattr(targets, "haproxy_binary", lambda: None)
+    haproxy = targets.all_targets()["haproxy"]
+    reason = haproxy.unavailable()
+    assert reason is not None
+    assert "haproxy not installed (apt-get install haproxy" in reason
+    (summary,) = summarize([], [haproxy], {"haproxy": reason}, [1])
+    assert summary.notes == [f"skipped: {reason}"]
