@@ -160,7 +160,7 @@ async def test_in_process_backend_serves_the_find_request_produced_by_pymongo() 
 
 
 def test_summary_takes_the_median_across_rounds_relative_to_haproxy() -> None:
-    from benchmarks.harness import RunRecord, summarize
+    from benchmarks.report import RunRecord, summarize
     from benchmarks.targets import all_targets
 
     def run(round_: int, target: str, ops: float, p50: float) -> RunRecord:
@@ -225,7 +225,7 @@ def test_harness_runs_direct_and_a_forwarder_and_writes_json(tmp_path: Path) -> 
 
 
 def test_runs_contended_by_other_processes_are_left_out_of_the_median_when_clean_runs_exist() -> None:
-    from benchmarks.harness import RunRecord, summarize
+    from benchmarks.report import RunRecord, summarize
     from benchmarks.targets import all_targets
 
     def run(round_: int, ops: float, contended: bool) -> RunRecord:
@@ -241,7 +241,7 @@ def test_runs_contended_by_other_processes_are_left_out_of_the_median_when_clean
 
 def test_a_missing_haproxy_is_a_skipped_row_that_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import targets
-    from benchmarks.harness import summarize
+    from benchmarks.report import summarize
 
     monkeypatch.setattr(targets, "haproxy_binary", lambda: None)
     haproxy = targets.all_targets()["haproxy"]
@@ -250,3 +250,19 @@ def test_a_missing_haproxy_is_a_skipped_row_that_says_how_to_install_it(monkeypa
     assert "haproxy not installed (apt-get install haproxy" in reason
     (summary,) = summarize([], [haproxy], {"haproxy": reason}, [1])
     assert summary.notes == [f"skipped: {reason}"]
+
+
+def test_ops_per_proxy_core_is_given_only_for_throughput_bound_runs() -> None:
+    from benchmarks.report import RunRecord, summarize
+    from benchmarks.targets import all_targets
+
+    def run(connections: int, ops: float, proxy_busy: float, load_busy: float) -> RunRecord:
+        result = {"ops_per_s": ops, "p50_us": 300.0, "p99_us": 600.0, "errors": []}
+        return RunRecord(
+            1, "haproxy", connections, result=result, proxy_cpu_busy_pct=proxy_busy, load_cpu_busy_pct=load_busy
+        )
+
+    records = [run(32, 100_000, 80.0, 100.0), run(1, 7_000, 55.0, 40.0)]
+    bound, latency_bound = summarize(records, [all_targets()["haproxy"]], {}, [32, 1])
+    assert bound.ops_per_proxy_core == pytest.approx(125_000)
+    assert latency_bound.ops_per_proxy_core is None
