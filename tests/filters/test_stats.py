@@ -146,6 +146,7 @@ def test_exhaust_replies_are_each_counted_but_the_request_only_once(stats: Stats
     assert v["mongo.app.op_get_more"] == 1
     assert v["mongo.app.op_reply"] == 1 + 1 + get_more.replies  # insert, find, the stream
     assert v["mongo.app.op_reply_more_to_come"] == get_more.replies - 1
+    assert v["mongo.app.op_query_exhaust"] == 1  # the getMore that was allowed to stream
     assert v["mongo.app.cursor.opened"] == 1
     assert v["mongo.app.cursor.exhausted"] == 1
     assert v["mongo.app.op_active"] == 0

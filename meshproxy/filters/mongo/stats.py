@@ -24,6 +24,7 @@ from bson import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from meshproxy.codecs.mongo import (
+    EXHAUST_ALLOWED,
     MORE_TO_COME,
     QUERY_AWAIT_DATA,
     QUERY_EXHAUST,
@@ -562,6 +563,9 @@ class MongoStatsFilter(MongoFilter):
             queries = self._count_query(message, collection)
         elif command_name == "killCursors":
             g.cursor_killed.value += _killed_cursor_count(message)
+        elif type(message) is OpMsg and message.flag_bits & EXHAUST_ALLOWED and command_name == "getMore":
+            # Drivers run an exhaust cursor as a plain find, then one getMore allowed to stream the rest.
+            g.op_query_exhaust.value += 1
 
         if not expects_reply:
             return
