@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshproxy.config import mongo_sidecar_config
 from meshproxy.proxy import ProxyThread
@@ -62,11 +63,15 @@ def test_a_pymongo_workload_is_counted_exactly_and_stays_on_the_proxy(
         assert v["mongo.app.cursor.exhausted"] == 1
         assert v["mongo.app.topology_rewrite"] >= 1
         wait_for(lambda: proxy.stats.values()["mongo.app.op_active"] == 0)
-        prometheus = proxy.stats.prometheus().decode()
-        assert (
-            'meshproxy_mongo_command_total{prefix="app",db="workload",collection="people",command="insert"} 137'
-            in prometheus
+        samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(proxy.stats.prometheus().decode())
+            for sample in family.samples
+        }
+        insert_labels = frozenset(
+            {"prefix": "app", "db": "workload", "collection": "people", "command": "insert"}.items()
         )
+        assert samples[("meshproxy_mongo_command_total", insert_labels)] == 137
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     inserts = [line for line in lines if line["command"] == "insert"]
     assert len(inserts) == 137
