@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pymongo
+import pymongo.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,3 +77,43 @@ def test_a_pymongo_workload_is_counted_exactly_and_stays_on_the_proxy(
     inserts = [line for line in lines if line["command"] == "insert"]
     assert len(inserts) == 137
     assert all(line["ok"] for line in inserts)
+
+
+def test_faults_reach_pymongo_as_delays_and_server_errors(secantus: tuple[str, int]) -> None:
+    config = mongo_sidecar_config(
+        listen=("127.0.0.1", 0),
+        upstream=secantus,
+        admin=None,
+        stat_prefix="chaos",
+        filters=[
+            {"type": "stats"},
+            {
+                "type": "fault",
+                "abort": {"code": 2, "code_name": "BadValue", "message": "drill"},
+                "match": {"collection": ["fragile"]},
+            },
+            {"type": "fault", "delay": {"duration": "200ms"}, "match": {"collection": ["slow"]}},
+            {"type": "topology_rewrite"},
+        ],
+    )
+    with ProxyThread(config) as proxy:
+        host, port = proxy.listener_address("chaos")
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+            f"mongodb://{host}:{port}", serverSelectionTimeoutMS=5000, retryWrites=False
+        )
+        try:
+            with pytest.raises(pymongo.errors.OperationFailure) as failure:
+                client.chaos.fragile.insert_one({"_id": 1})
+            assert failure.value.code == 2
+            assert "drill" in str(failure.value)
+            started = time.monotonic()
+            assert client.chaos.slow.find_one({}) is None
+            assert time.monotonic() - started >= 0.2
+            client.chaos.fine.insert_one({"_id": 1})  # other collections are untouched
+        finally:
+            client.close()
+        v = proxy.stats.values()
+        assert v["mongo.chaos.abort_injected"] == 1
+        assert v["mongo.chaos.delay_injected"] == 1
+        assert v["mongo.chaos.cmd.insert.error.BadValue"] == 1
+        assert v["mongo.chaos.db.chaos.collection.fine.cmd.insert.errors"] == 0
