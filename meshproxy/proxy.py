@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -232,7 +232,7 @@ class ProxyThread:
             if self._error is None:
                 self._error = exc
 
-    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    def call(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``fn()`` on the proxy's event loop and wait for its result."""
         return anyio.from_thread.run(fn, token=self._token)
 

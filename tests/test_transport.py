@@ -40,6 +40,7 @@ async def _start_upstream(handler: Handler) -> tuple[asyncio.Server, int]:
 
 
 def _config(upstream_port: int, **listener: Any) -> Any:
+    connect_timeout = listener.pop("connect_timeout", 2.0)
     return config_from_dict(
         {
             "admin": None,
@@ -55,7 +56,7 @@ def _config(upstream_port: int, **listener: Any) -> Any:
             ],
             "clusters": [
                 {"name": "backend", "hosts": [f"127.0.0.1:{upstream_port}"],
-                 "connect_timeout": listener.pop("connect_timeout", 2.0)},
+                 "connect_timeout": connect_timeout},
             ],
         }
     )

@@ -14,6 +14,7 @@ import anyio
 
 from meshproxy.codecs import sniff
 from meshproxy.config import ListenerConfig
+from meshproxy.filters.mongo.api import MongoFilter
 from meshproxy.filters.mongo.factory import build_mongo_filters
 from meshproxy.stats import Counter, Gauge, StatsStore
 from meshproxy.transport.mongo_session import MongoSession
@@ -105,7 +106,7 @@ class ListenerRuntime:
             ),
         )
         self._stats_store = stats
-        self.mongo_filters = []  # built in start(), once the advertised address is known
+        self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
 
     # -- lifecycle ------------------------------------------------------------------------------------
 

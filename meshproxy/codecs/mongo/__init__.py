@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from meshproxy.codecs.mongo._compression import compress, decompress
 from meshproxy.codecs.mongo._decoder import DEFAULT_MAX_MESSAGE_SIZE, MongoDecoder, looks_like_mongo
-from meshproxy.codecs.mongo._encode import encode, error_reply
+from meshproxy.codecs.mongo._encode import compress_message, encode, encode_op_msg, encode_op_reply, error_reply
 from meshproxy.codecs.mongo._messages import (
     CHECKSUM_PRESENT,
     EXHAUST_ALLOWED,
@@ -61,7 +62,12 @@ __all__ = [
     "OpUpdate",
     "PlainMessage",
     "ReplySummary",
+    "compress",
+    "compress_message",
+    "decompress",
     "encode",
+    "encode_op_msg",
+    "encode_op_reply",
     "error_reply",
     "looks_like_mongo",
     "payload",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from meshproxy.codecs.mongo import _bson_peek
 
@@ -60,9 +60,8 @@ REPLY_QUERY_FAILURE = 1 << 1
 REPLY_AWAIT_CAPABLE = 1 << 3
 
 
-@dataclass(slots=True, frozen=True)
-class MsgHeader:
-    """The 16-byte standard message header."""
+class MsgHeader(NamedTuple):
+    """The 16-byte standard message header (a tuple: built for every message, so it must be cheap)."""
 
     message_length: int
     request_id: int
