@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from meshproxy.filters.mongo.api import ConnectionInfo
 
@@ -90,8 +90,8 @@ class Relay(asyncio.Protocol):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.down_transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.down_transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -123,7 +123,6 @@ class Relay(asyncio.Protocol):
         except OSError as exc:
             self._connect_failed(host, exc.strerror or str(exc))
             return
-        assert isinstance(transport, asyncio.Transport)
         if self.closed:
             transport.close()
             return
