@@ -18,7 +18,7 @@ Fields (always present, ``null`` when not applicable)::
     ok            true / false (null when no reply is expected)
     code, code_name, errmsg      the error of an ok: 0 reply, else null
     write_errors  number of writeErrors in an ok: 1 reply
-    num_docs      documents in the reply (cursor batch, or n for writes) as ``summarize_reply`` counts them
+    num_docs      documents returned (the cursor batch; 0 for a write), as ``summarize_reply`` counts them
     compressed    compressor name of an OP_COMPRESSED request, else null
     local_reply   true when the proxy answered itself (fault injection)
 """
