@@ -16,14 +16,14 @@ from meshproxy.codecs.mongo import MongoDecoder, OpMsg
 def wire_bytes() -> bytes:
     """Two real OP_MSG requests as pymongo encodes them, back to back."""
     options = CodecOptions()
-    _, first, _ = message._op_msg(
+    first = message._op_msg(
         0, {"find": "orders", "filter": {"sku": "a"}, "$db": "shop"}, "shop", ReadPreference.PRIMARY, options
     )
-    _, second, _ = message._op_msg(
+    second = message._op_msg(
         0, {"insert": "orders", "documents": [{"_id": 1}], "$db": "shop"}, "shop", ReadPreference.PRIMARY,
         options,
     )
-    return bytes(first) + bytes(second)
+    return bytes(first[1]) + bytes(second[1])  # (request_id, bytes, ...)
 
 
 def main() -> None:
