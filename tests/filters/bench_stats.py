@@ -6,6 +6,10 @@ Each operation kind is recorded once against a real SecantusDB (request bytes fr
 the reply as the server sent it), then replayed through ``on_request`` + ``on_response`` many times, with a
 fresh ``MongoOperation`` and freshly decoded messages each time (so no lazily cached value from a previous
 round is reused), and the decode cost measured separately and subtracted.
+
+Measured 2026-11-25 on the project's 2-core machine (Python 3.11, stats column = the filter's cost):
+ping 8.7 us, insert 11 us, update 11 us, getMore 15 us, find with query stats and callsite 21 us.
+About half of it is the codec's ``summarize_reply`` and header peeks (``$db``, collection).
 """
 
 from __future__ import annotations
