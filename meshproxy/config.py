@@ -26,7 +26,7 @@ _SIZE_UNITS = {
 }
 
 
-def _parse_duration(value: Any) -> float:
+def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration such as '250ms', '5s' or a number of seconds")
     if isinstance(value, int | float):
@@ -40,7 +40,7 @@ def _parse_duration(value: Any) -> float:
     return seconds
 
 
-def _parse_size(value: Any) -> int:
+def parse_size(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("a size such as '48MB', '16KiB' or a number of bytes")
     if isinstance(value, int):
@@ -55,7 +55,7 @@ def _parse_size(value: Any) -> int:
     return size
 
 
-def _parse_address(value: Any) -> tuple[str, int]:
+def parse_address(value: Any) -> tuple[str, int]:
     if isinstance(value, tuple | list) and len(value) == 2:
         host, port = str(value[0]), value[1]
     elif isinstance(value, str) and ":" in value:
@@ -73,9 +73,9 @@ def _parse_address(value: Any) -> tuple[str, int]:
     return host, port
 
 
-Duration = Annotated[float, BeforeValidator(_parse_duration)]
-ByteSize = Annotated[int, BeforeValidator(_parse_size)]
-Address = Annotated[tuple[str, int], BeforeValidator(_parse_address)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+Address = Annotated[tuple[str, int], BeforeValidator(parse_address)]
 
 DEFAULT_MAX_MESSAGE_SIZE = 48_000_000
 """MongoDB's own ``maxMessageSizeBytes`` (48 MB): no legitimate message is larger."""

@@ -1,0 +1,179 @@
+"""The ``meshproxy`` command.
+
+    meshproxy sidecar mongo --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
+    meshproxy run -c FILE.yaml
+    meshproxy check -c FILE.yaml
+
+Configuration errors are printed with the file, path and field they concern, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from meshproxy import __version__
+from meshproxy.config import (
+    AccessLogFilterConfig,
+    ConfigError,
+    MeshConfig,
+    MongoFilterConfig,
+    StatsFilterConfig,
+    TopologyRewriteFilterConfig,
+    load_config,
+    mongo_sidecar_config,
+    parse_address,
+    parse_duration,
+    parse_size,
+)
+
+log = logging.getLogger("meshproxy")
+
+EXIT_CONFIG = 2
+
+
+def _typed(parse: Any, what: str) -> Any:
+    """An argparse type from a config parser, so flags and YAML accept exactly the same spellings."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = what
+    return convert
+
+
+_address = _typed(parse_address, "address")
+
+
+def _admin_address(text: str) -> tuple[str, int] | None:
+    return None if text == "off" else _address(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshproxy",
+        description="An L7 proxy and sidecar for MongoDB traffic with per-operation stats and control.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshproxy {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sidecar = commands.add_parser(
+        "sidecar", help="run a sidecar for one protocol in front of one upstream",
+        description="Run a sidecar for one protocol in front of one upstream server.",
+    )
+    protocols = sidecar.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    mongo = protocols.add_parser(
+        "mongo",
+        help="MongoDB: per-operation stats, hello rewriting, optional access log",
+        description=(
+            "Proxy MongoDB clients to one upstream server, counting every operation per database, "
+            "collection and command. Stats are served on the admin endpoint (/stats, /stats/prometheus)."
+        ),
+    )
+    mongo.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="where clients connect")
+    mongo.add_argument(
+        "--upstream", required=True, type=_address, metavar="HOST:PORT", help="the MongoDB server to forward to"
+    )
+    mongo.add_argument(
+        "--admin", type=_admin_address, default=("127.0.0.1", 9901), metavar="HOST:PORT|off",
+        help="admin endpoint address (default 127.0.0.1:9901); 'off' disables it",
+    )
+    mongo.add_argument(
+        "--stat-prefix", default="mongo", metavar="NAME", help="stats scope mongo.NAME.* (default mongo)"
+    )
+    mongo.add_argument(
+        "--access-log", metavar="PATH|stdout|stderr", help="write one JSON line per operation to this file or stream"
+    )
+    mongo.add_argument(
+        "--topology", choices=["rewrite", "standalone", "off"], default="rewrite",
+        help="hello/isMaster rewriting so drivers stay on the sidecar (default rewrite)",
+    )
+    mongo.add_argument(
+        "--max-message-size", type=_typed(parse_size, "size"), metavar="SIZE",
+        help="largest message accepted, e.g. 48MB (default: MongoDB's 48000000 bytes)",
+    )
+    mongo.add_argument(
+        "--on-decode-error", choices=["close", "passthrough"], default="close",
+        help="what to do with a connection that sends undecodable bytes (default close)",
+    )
+    mongo.add_argument(
+        "--idle-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
+        help="close connections idle this long, e.g. 1h (default 1h; 0 disables)",
+    )
+    mongo.add_argument(
+        "--drain-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
+        help="on SIGTERM/SIGINT, how long in-flight operations may finish (default 10s)",
+    )
+    mongo.add_argument("--no-filters", action="store_true", help="decode and forward only: no L7 filters at all")
+
+    for name, text in (("run", "run the proxy described by a YAML file"), ("check", "validate a YAML file only")):
+        command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        command.add_argument("-c", "--config", required=True, metavar="FILE.yaml", help="configuration file")
+    return parser
+
+
+def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
+    if args.listen == args.upstream:
+        raise ConfigError("--listen and --upstream are the same address: the sidecar would connect to itself")
+    filters: list[MongoFilterConfig] = []
+    if not args.no_filters:
+        filters.append(StatsFilterConfig())
+        if args.access_log:
+            filters.append(AccessLogFilterConfig(path=args.access_log))
+        filters.append(TopologyRewriteFilterConfig(mode=args.topology))
+    options: dict[str, Any] = {"on_decode_error": args.on_decode_error}
+    if args.max_message_size is not None:
+        options["max_message_size"] = args.max_message_size
+    if args.idle_timeout is not None:
+        options["idle_timeout"] = args.idle_timeout
+    config = mongo_sidecar_config(
+        listen=args.listen,
+        upstream=args.upstream,
+        admin=args.admin,
+        stat_prefix=args.stat_prefix,
+        filters=filters,
+        **options,
+    )
+    if args.drain_timeout is not None:
+        config = config.model_copy(update={"drain_timeout": args.drain_timeout})
+    return config
+
+
+def _describe(config: MeshConfig) -> str:
+    listeners = ", ".join(f"{x.name} ({x.protocol}) on {x.address[0]}:{x.address[1]}" for x in config.listeners)
+    admin = f"{config.admin.address[0]}:{config.admin.address[1]}" if config.admin else "off"
+    return f"{len(config.listeners)} listener(s): {listeners}; {len(config.clusters)} cluster(s); admin {admin}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        config = _sidecar_config(args) if args.command == "sidecar" else load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshproxy: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{args.config}: OK: {_describe(config)}")
+        return 0
+    from meshproxy.proxy import run
+
+    try:
+        return run(config)
+    except OSError as exc:  # e.g. the listen address is taken
+        print(f"meshproxy: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
