@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,12 @@ def _parse_stats(text: str) -> dict[str, str]:
     return values
 
 
+def _quantile(histogram: str, name: str) -> str:
+    """``P50`` of an Envoy-format histogram line (``P50(nan,0.45) P75(...)``), or ``-``."""
+    match = re.search(rf"\b{name}\([^,]*,([^)]*)\)", histogram)
+    return match.group(1) if match else "-"
+
+
 def _print_table(stats: dict[str, str], prefix: str, counts: dict[str, int]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -40,16 +47,20 @@ def _print_table(stats: dict[str, str], prefix: str, counts: dict[str, int]) -> 
     table.add_column("command")
     table.add_column("issued by workload", justify="right")
     table.add_column("total", justify="right")
-    table.add_column("reply_time_ms", justify="left")
-    table.add_column("reply_num_docs", justify="left")
+    table.add_column("p50 ms", justify="right")
+    table.add_column("p99 ms", justify="right")
+    table.add_column("docs returned p50", justify="right")
     for command in commands:
         base = f"mongo.{prefix}.cmd.{command}"
+        time_ms = stats.get(f"{base}.reply_time_ms", "")
+        docs = stats.get(f"{base}.reply_num_docs", "")
         table.add_row(
             command,
             str(counts.get(command, "")),
             stats.get(f"{base}.total", "0"),
-            stats.get(f"{base}.reply_time_ms", "-"),
-            stats.get(f"{base}.reply_num_docs", "-"),
+            _quantile(time_ms, "P50"),
+            _quantile(time_ms, "P99"),
+            _quantile(docs, "P50"),
         )
     console = Console()
     console.print(table)
