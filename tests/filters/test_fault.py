@@ -127,3 +127,13 @@ def test_stats_before_the_fault_count_the_injected_error(stats: StatsStore, wire
     assert v["mongo.app.cmd.find.total"] == 1
     assert v["mongo.app.cmd.find.error.InterruptedAtShutdown"] == 1
     assert v["mongo.app.op_active"] == 0
+
+
+def test_filters_after_an_aborting_fault_never_see_the_operation(stats: StatsStore) -> None:
+    chain = Chain([fault(stats, abort={}), MongoStatsFilter(stats, "app")])
+    _, action = chain.request(FIND)
+    assert isinstance(action, LocalReply)
+    v = stats.values()
+    assert v.get("mongo.app.cmd.find.total", 0) == 0
+    assert v["mongo.app.op_reply"] == 0
+    assert v["mongo.app.abort_injected"] == 1

@@ -27,6 +27,9 @@ HANDSHAKE_COMMANDS = frozenset(
 )
 """Commands a driver's connection handshake and monitoring depend on; exempt unless named in the match."""
 
+MAX_COMMAND_STATS = 1000
+"""Distinct per-command fault counters kept; further command names are counted under ``_overflow``."""
+
 _REQUEST_IDS = itertools.count(0x4D500000)
 """Request ids of locally generated replies; a distinctive range ("MP") eases reading captures."""
 
@@ -81,6 +84,12 @@ class MongoFaultFilter(MongoFilter):
     def _count(self, kind: str, command: str) -> None:
         counter = self._per_command.get((kind, command))
         if counter is None:
+            if len(self._per_command) >= MAX_COMMAND_STATS:
+                command = "_overflow"  # command names come from clients: keep the stat count bounded
+                counter = self._per_command.get((kind, command))
+                if counter is not None:
+                    counter.value += 1
+                    return
             counter = self.store.counter(
                 f"mongo.{self.prefix}.cmd.{command}.{kind}",
                 prom=f"meshproxy_mongo_cmd_{kind}",
