@@ -49,6 +49,7 @@ class MongoSessionStats:
     decoding_error: Counter
     unexpected_reply: Counter
     cx_drain_close: Counter
+    filter_error: Counter
 
 
 class ListenerRuntime:
@@ -103,6 +104,9 @@ class ListenerRuntime:
             ),
             cx_drain_close=stats.counter(
                 f"mongo.{prefix}.cx_drain_close", prom="meshproxy_mongo_cx_drain_close", labels=mongo_labels
+            ),
+            filter_error=stats.counter(
+                f"mongo.{prefix}.filter_error", prom="meshproxy_mongo_filter_error", labels=mongo_labels
             ),
         )
         self._stats_store = stats

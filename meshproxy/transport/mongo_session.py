@@ -47,7 +47,9 @@ class MongoSession(Relay):
         super().__init__(listener, connection_id)
         limit = listener.config.max_message_size
         self.request_decoder = MongoDecoder(max_message_size=limit)
-        self.reply_decoder = MongoDecoder(max_message_size=limit)
+        # Replies come from the upstream this proxy chose: their framing is checked, and filters validate
+        # the parts of a reply they read (a reply summary decodes it), so the top-level walk is skipped.
+        self.reply_decoder = MongoDecoder(max_message_size=limit, validate_documents=False)
         self.filters: list[MongoFilter] = listener.mongo_filters
         self.mongo_stats = listener.mongo_stats
         self.pending: dict[int, MongoOperation] = {}
@@ -98,7 +100,11 @@ class MongoSession(Relay):
         """Run filters ``first..`` on ``op``; forward, answer locally, or return (filter index, delay)."""
         filters = self.filters
         for index in range(first, len(filters)):
-            action = filters[index].on_request(op)
+            try:
+                action = filters[index].on_request(op)
+            except Exception as error:  # a filter's bug must not lose the client's operation
+                self._filter_failed(filters[index], error)
+                continue
             if action is None:
                 continue
             if isinstance(action, Delay):
@@ -117,8 +123,7 @@ class MongoSession(Relay):
         op.local_reply = True
         op.replies = 1
         op.finished_ns = _now_ns()
-        for f in reversed(self.filters[: index + 1]):
-            f.on_response(op)
+        self._run_response_filters(op, self.filters[: index + 1])
         response = op.response
         assert response is not None
         self.send_downstream(encode(response) if op.response_replaced else response.raw)
@@ -172,8 +177,7 @@ class MongoSession(Relay):
             op.response_replaced = False
             op.replies += 1
             op.finished_ns = now
-            for f in reversed(self.filters):
-                f.on_response(op)
+            self._run_response_filters(op, self.filters)
             if op.more_to_come:
                 pending[header.request_id] = op
             response = op.response
@@ -182,7 +186,22 @@ class MongoSession(Relay):
         if self._draining:
             self._maybe_drain_close()
 
+    def _run_response_filters(self, op: MongoOperation, filters: list[MongoFilter]) -> None:
+        for f in reversed(filters):
+            try:
+                f.on_response(op)
+            except Exception as error:  # e.g. a reply whose BSON is broken deep inside: still forward it
+                self._filter_failed(f, error)
+
     # -- errors, drain, close -------------------------------------------------------------------------
+
+    def _filter_failed(self, mongo_filter: MongoFilter, error: Exception) -> None:
+        self.mongo_stats.filter_error.inc()
+        log.error(
+            "listener %s: connection %d: filter %s failed (%s: %s); the message is forwarded unchanged",
+            self.listener.name, self.connection_id, type(mongo_filter).__name__, type(error).__name__, error,
+            exc_info=not isinstance(error, DecodeError),
+        )
 
     def _decode_failed(self, error: DecodeError, decoder: MongoDecoder, direction: str) -> None:
         self.mongo_stats.decoding_error.inc()

@@ -88,7 +88,7 @@ def _documents(data: bytes, start: int, end: int) -> list[bytes]:
     return documents
 
 
-def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool) -> OpMsg:
+def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: bool = True) -> OpMsg:
     length = header.message_length
     if length < 21:
         raise _error("truncated", "OP_MSG too short for flags and a section")
@@ -114,7 +114,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool) -> OpMs
         if kind == 0:
             if body is not None:
                 raise _error("invalid_sections", "OP_MSG has more than one body section")
-            body, pos = _document(data, pos, end, walk=True)
+            body, pos = _document(data, pos, end, walk=walk)
         elif kind == 1:
             if end - pos < 4:
                 raise _error("truncated", "document sequence size missing")
@@ -132,7 +132,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool) -> OpMs
     return OpMsg(header, flags, body, sequences, checksum, data)
 
 
-def _parse_op_query(header: MsgHeader, data: bytes) -> OpQuery:
+def _parse_op_query(header: MsgHeader, data: bytes, walk: bool = True) -> OpQuery:
     end = header.message_length
     if end < 20 + 1 + 8 + 5:
         raise _error("truncated", "OP_QUERY too short")
@@ -141,7 +141,7 @@ def _parse_op_query(header: MsgHeader, data: bytes) -> OpQuery:
     if end - pos < 8:
         raise _error("truncated", "OP_QUERY too short for skip/return")
     skip, to_return = struct.unpack_from("<ii", data, pos)
-    query, pos = _document(data, pos + 8, end, walk=True)
+    query, pos = _document(data, pos + 8, end, walk=walk)
     selector = None
     if pos < end:
         selector, pos = _document(data, pos, end)
@@ -213,13 +213,24 @@ def _parse_kill_cursors(header: MsgHeader, data: bytes) -> OpKillCursors:
 class MongoDecoder:
     """Bytes from one direction of one connection in, whole messages out."""
 
-    __slots__ = ("_buffer", "_error", "max_message_size", "verify_checksum")
+    __slots__ = ("_buffer", "_error", "max_message_size", "validate_documents", "verify_checksum")
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, verify_checksum: bool = True) -> None:
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        *,
+        verify_checksum: bool = True,
+        validate_documents: bool = True,
+    ) -> None:
+        """``validate_documents`` walks the top-level elements of every command document (OP_MSG body,
+        OP_QUERY query) so that malformed BSON is refused here rather than forwarded. A proxy keeps it on
+        for what clients send and may turn it off for what its own upstream answers, where the framing is
+        still checked and filters validate whatever part of a reply they read."""
         if max_message_size < HEADER_SIZE:
             raise ValueError("max_message_size must be at least 16 bytes")
         self.max_message_size = max_message_size
         self.verify_checksum = verify_checksum
+        self.validate_documents = validate_documents
         self._buffer = bytearray()
         self._error: DecodeError | None = None
 
@@ -283,10 +294,10 @@ class MongoDecoder:
         header = MsgHeader(*_HEADER.unpack_from(data, 0))
         op_code = header.op_code
         if op_code == OpCode.MSG:
-            return _parse_op_msg(header, data, self.verify_checksum)
+            return _parse_op_msg(header, data, self.verify_checksum, self.validate_documents)
         if op_code == OpCode.COMPRESSED:
             return self._parse_compressed(header, data)
-        return _parse_plain(header, data, self.verify_checksum)
+        return _parse_plain(header, data, self.verify_checksum, self.validate_documents)
 
     def _parse_compressed(self, header: MsgHeader, data: bytes) -> OpCompressed:
         if header.message_length < 25:
@@ -300,16 +311,16 @@ class MongoDecoder:
         inner_length = HEADER_SIZE + uncompressed_size
         inner_raw = _HEADER.pack(inner_length, header.request_id, header.response_to, original) + payload
         inner_header = MsgHeader(inner_length, header.request_id, header.response_to, original)
-        inner = _parse_plain(inner_header, inner_raw, self.verify_checksum)
+        inner = _parse_plain(inner_header, inner_raw, self.verify_checksum, self.validate_documents)
         return OpCompressed(header, original, uncompressed_size, Compressor(compressor_id), inner, data)
 
 
-def _parse_plain(header: MsgHeader, data: bytes, verify_checksum: bool) -> PlainMessage:
+def _parse_plain(header: MsgHeader, data: bytes, verify_checksum: bool, walk: bool = True) -> PlainMessage:
     op_code = header.op_code
     if op_code == OpCode.MSG:
-        return _parse_op_msg(header, data, verify_checksum)
+        return _parse_op_msg(header, data, verify_checksum, walk)
     if op_code == OpCode.QUERY:
-        return _parse_op_query(header, data)
+        return _parse_op_query(header, data, walk)
     if op_code == OpCode.REPLY:
         return _parse_op_reply(header, data)
     if op_code in (OpCode.INSERT, OpCode.UPDATE, OpCode.DELETE, OpCode.GET_MORE):

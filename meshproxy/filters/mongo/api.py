@@ -66,6 +66,13 @@ class LocalReply:
 
 RequestAction = Delay | LocalReply
 
+
+class _Unset:
+    """Marks a lazily read field that has not been read yet (None is a valid value)."""
+
+
+_UNSET = _Unset()
+
 _LEGACY_COMMANDS: dict[type, str] = {
     OpInsert: "insert",
     OpUpdate: "update",
@@ -90,6 +97,8 @@ class MongoOperation:
     request_replaced: bool = False
     response_replaced: bool = False
     _command: str | None = field(default=None, repr=False)
+    _database: str | _Unset | None = field(default=_UNSET, repr=False)
+    _collection: str | _Unset | None = field(default=_UNSET, repr=False)
 
     # -- what the request is --------------------------------------------------------------------------
 
@@ -122,6 +131,12 @@ class MongoOperation:
 
     @property
     def database(self) -> str | None:
+        """The database, read once from the request (``$db``, or the legacy namespace)."""
+        if self._database is _UNSET:
+            self._database = self._read_database()
+        return self._database  # type: ignore[return-value]
+
+    def _read_database(self) -> str | None:
         message = self.plain_request
         if isinstance(message, OpMsg):
             return message.database
@@ -131,7 +146,12 @@ class MongoOperation:
 
     @property
     def collection(self) -> str | None:
-        """The collection the operation works on, when it names one."""
+        """The collection the operation works on, when it names one (read once)."""
+        if self._collection is _UNSET:
+            self._collection = self._read_collection()
+        return self._collection  # type: ignore[return-value]
+
+    def _read_collection(self) -> str | None:
         message = self.plain_request
         if isinstance(message, OpMsg):
             if self.command == "getMore":
@@ -177,6 +197,7 @@ class MongoOperation:
         self.request = message
         self.request_replaced = True
         self._command = None
+        self._database = self._collection = _UNSET
 
     def replace_response(self, message: MongoMessage) -> None:
         self.response = message
