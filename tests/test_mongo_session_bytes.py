@@ -77,14 +77,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusDBServe
         yield db
 
 
-def _through_proxy(server: SecantusDBServer, requests: list[bytes]) -> tuple[bytes, bytes, RecordingTap]:
+def _through_proxy(
+    server: SecantusDBServer, requests: list[bytes]
+) -> tuple[bytes, bytes, RecordingTap, dict[str, int | float]]:
     tap = RecordingTap(server.address)
     config = mongo_sidecar_config(listen=("127.0.0.1", 0), upstream=tap.address, admin=None, stat_prefix="bytes")
     with ProxyThread(config) as proxy, socket.create_connection(proxy.listener_address("bytes")) as client:
         sent = b"".join(requests)
         client.sendall(sent)
         received = _read_replies(client, len(requests))
-    return sent, received, tap
+        stats = proxy.stats.values()
+    return sent, received, tap, stats
 
 
 def test_unchanged_requests_and_replies_cross_the_proxy_byte_for_byte(server: SecantusDBServer) -> None:
@@ -93,18 +96,23 @@ def test_unchanged_requests_and_replies_cross_the_proxy_byte_for_byte(server: Se
         _op_msg({"find": "c", "filter": {"_id": 1}, "$db": "t"}, 2),
         _op_msg({"ping": 1, "$db": "admin"}, 3),
     ]
-    sent, received, tap = _through_proxy(server, requests)
+    sent, received, tap, stats = _through_proxy(server, requests)
     assert bytes(tap.to_server) == sent
     assert received == bytes(tap.to_client)
     replies = MongoDecoder().feed(received)
     assert [r.header.response_to for r in replies] == [1, 2, 3]
+    host = f"cluster.upstream.host.{tap.address[0]}:{tap.address[1]}"
+    assert stats["cluster.upstream.upstream_rq_total"] == 3
+    assert stats["cluster.upstream.upstream_rq_active"] == 0
+    assert stats[f"{host}.rq_total"] == 3
+    assert stats[f"{host}.rq_active"] == 0
 
 
 def test_a_hello_reply_changed_by_the_topology_filter_is_re_encoded_and_the_rest_untouched(
     server: SecantusDBServer,
 ) -> None:
     requests = [_op_msg({"hello": 1, "$db": "admin"}, 7), _op_msg({"ping": 1, "$db": "admin"}, 8)]
-    sent, received, tap = _through_proxy(server, requests)
+    sent, received, tap, _ = _through_proxy(server, requests)
     assert bytes(tap.to_server) == sent
     from_server = MongoDecoder().feed(bytes(tap.to_client))
     to_client = MongoDecoder().feed(received)

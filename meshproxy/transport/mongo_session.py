@@ -115,6 +115,7 @@ class MongoSession(Relay):
         request = op.request
         if op.expects_reply:
             self.pending[request.header.request_id] = op
+            self._requests_started()
         out.append(encode(request) if op.request_replaced else request.raw)
         return None
 
@@ -180,6 +181,8 @@ class MongoSession(Relay):
             self._run_response_filters(op, self.filters)
             if op.more_to_come:
                 pending[header.request_id] = op
+            else:
+                self._requests_finished(1)
             response = op.response
             out.append(encode(response) if op.response_replaced else response.raw)
         self.send_downstream(_join(out))
@@ -192,6 +195,21 @@ class MongoSession(Relay):
                 f.on_response(op)
             except Exception as error:  # e.g. a reply whose BSON is broken deep inside: still forward it
                 self._filter_failed(f, error)
+
+    def _requests_started(self) -> None:
+        cluster = self.listener.cluster.stats
+        cluster.upstream_rq_total.value += 1
+        cluster.upstream_rq_active.value += 1
+        host = self.host
+        if host is not None:
+            host.stats.rq_total.value += 1
+            host.stats.rq_active.value += 1
+
+    def _requests_finished(self, count: int) -> None:
+        self.listener.cluster.stats.upstream_rq_active.value -= count
+        host = self.host
+        if host is not None:
+            host.stats.rq_active.value -= count
 
     # -- errors, drain, close -------------------------------------------------------------------------
 
@@ -246,5 +264,7 @@ class MongoSession(Relay):
         active = len(self.pending) + (len(self._held) if self._held else 0)
         for f in self.filters:
             f.on_connection_close(self.info, active_operations=active, local=local)
+        if self.pending:
+            self._requests_finished(len(self.pending))
         self.pending.clear()
         self._held = None

@@ -103,14 +103,14 @@ class Relay(asyncio.Protocol):
             local_address=self.listener.advertised_address,
         )
         self.listener.connection_opened(self)
+        self.host = self.listener.cluster.pick()
         self.on_open()
-        self._connect_task = self.loop.create_task(self._connect_upstream())
+        self._connect_task = self.loop.create_task(self._connect_upstream(self.host))
         if self.listener.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.listener.idle_timeout, self._idle_check)
 
-    async def _connect_upstream(self) -> None:
+    async def _connect_upstream(self, host: Host) -> None:
         cluster = self.listener.cluster
-        host = self.host = cluster.pick()
         try:
             async with asyncio.timeout(cluster.connect_timeout):
                 transport, _ = await self.loop.create_connection(
