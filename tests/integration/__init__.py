@@ -1,0 +1,1 @@
+"""Integration tests: real SecantusDB, the real sidecar, real pymongo."""
