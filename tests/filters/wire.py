@@ -64,7 +64,8 @@ class Wire:
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.sock = socket.create_connection(address, timeout=10)
-        self.decoder = MongoDecoder()
+        # Replies are decoded as the proxy's session decodes them: framing checked, bodies left undecoded.
+        self.decoder = MongoDecoder(validate_documents=False)
         self.backlog: list[MongoMessage] = []
 
     def send(self, data: bytes) -> None:

@@ -211,10 +211,16 @@ def top_level_document(data: bytes, key: str) -> bytes | None:
     return None
 
 
+_OPTIONS: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(
+    datetime_conversion=bson.DatetimeConversion.DATETIME_AUTO
+)
+"""Dates outside Python's datetime range are valid BSON: keep them (as ``DatetimeMS``), don't fail."""
+
+
 def decode(data: bytes) -> dict[str, Any]:
     """A full decode with pymongo's bson; any failure becomes ``DecodeError("invalid_bson")``."""
     try:
-        document: dict[str, Any] = bson.decode(data)
+        document: dict[str, Any] = bson.decode(data, _OPTIONS)
     except Exception as exc:  # bson raises InvalidBSON and, for some inputs, other errors
         raise _invalid(str(exc)) from None
     return document

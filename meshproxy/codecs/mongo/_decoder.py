@@ -11,6 +11,7 @@ it is seen, before any buffering; the buffer only ever grows with bytes actually
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import crc32c
 
@@ -72,12 +73,33 @@ def _cstring(data: bytes, start: int, end: int) -> tuple[str, int]:
         raise _error("invalid_string", "string is not UTF-8") from None
 
 
+SMALL_DOCUMENT = 16 * 1024
+"""Command documents up to this size are validated by decoding them once with pymongo's C decoder, which
+is cheaper than a Python walk of their top-level elements (measured on a ``find``: 0.85 µs vs 1.8 µs) and
+checks nested content too; the decoded document is kept on the message, so reading its command, ``$db``
+and collection afterwards costs a dict lookup. Larger documents (an ``insert`` carrying its documents
+inline) get the top-level walk only, whose cost does not grow with what is nested."""
+
+
 def _document(data: bytes, start: int, end: int, *, walk: bool = False) -> tuple[bytes, int]:
     stop = _bson_peek.check_document(data, start, end)
     document = data[start:stop]
     if walk:
         _bson_peek.validate(document)
     return document, stop
+
+
+def _command_document(data: bytes, start: int, end: int, walk: bool) -> tuple[bytes, int, dict[str, Any] | None]:
+    """A command document (OP_MSG body, OP_QUERY query): checked, and decoded when small."""
+    stop = _bson_peek.check_document(data, start, end)
+    document = data[start:stop]
+    decoded = None
+    if walk:
+        if stop - start <= SMALL_DOCUMENT:
+            decoded = _bson_peek.decode(document)
+        else:
+            _bson_peek.validate(document)
+    return document, stop, decoded
 
 
 def _documents(data: bytes, start: int, end: int) -> list[bytes]:
@@ -106,6 +128,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: b
         if verify_checksum and crc32c.crc32c(data[:end]) != checksum:
             raise _error("bad_checksum", "OP_MSG CRC-32C does not match its contents")
     body: bytes | None = None
+    decoded: dict[str, Any] | None = None
     sequences: list[DocumentSequence] = []
     pos = 20
     while pos < end:
@@ -114,7 +137,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: b
         if kind == 0:
             if body is not None:
                 raise _error("invalid_sections", "OP_MSG has more than one body section")
-            body, pos = _document(data, pos, end, walk=walk)
+            body, pos, decoded = _command_document(data, pos, end, walk)
         elif kind == 1:
             if end - pos < 4:
                 raise _error("truncated", "document sequence size missing")
@@ -129,7 +152,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: b
             raise _error("invalid_sections", f"unknown OP_MSG section kind {kind}")
     if body is None:
         raise _error("invalid_sections", "OP_MSG has no body section")
-    return OpMsg(header, flags, body, sequences, checksum, data)
+    return OpMsg(header, flags, body, sequences, checksum, data, decoded)
 
 
 def _parse_op_query(header: MsgHeader, data: bytes, walk: bool = True) -> OpQuery:
@@ -141,13 +164,13 @@ def _parse_op_query(header: MsgHeader, data: bytes, walk: bool = True) -> OpQuer
     if end - pos < 8:
         raise _error("truncated", "OP_QUERY too short for skip/return")
     skip, to_return = struct.unpack_from("<ii", data, pos)
-    query, pos = _document(data, pos + 8, end, walk=walk)
+    query, pos, decoded = _command_document(data, pos + 8, end, walk)
     selector = None
     if pos < end:
         selector, pos = _document(data, pos, end)
     if pos != end:
         raise _error("trailing_bytes", "OP_QUERY has bytes after its documents")
-    return OpQuery(header, flags, namespace, skip, to_return, query, selector, data)
+    return OpQuery(header, flags, namespace, skip, to_return, query, selector, data, decoded)
 
 
 def _parse_op_reply(header: MsgHeader, data: bytes) -> OpReply:

@@ -101,20 +101,33 @@ class OpMsg:
     @property
     def command_name(self) -> str:
         """First key of the body: the command, as the client spelled it (``isMaster``, ``find``, ...)."""
+        document = self._document
+        if document is not None:
+            return next(iter(document), "")
         return _bson_peek.first_key(self.body)
 
     @property
     def database(self) -> str | None:
-        """The ``$db`` field of the body, read without decoding the document."""
-        return _bson_peek.top_level_string(self.body, "$db")
+        """The ``$db`` field of the body (from the decoded body when the decoder kept it, else read from
+        the raw bytes without decoding)."""
+        return self.top_level_string("$db")
 
     def top_level_string(self, key: str) -> str | None:
-        """A top-level string field of the body, read without decoding the document."""
+        """A top-level string field of the body."""
+        document = self._document
+        if document is not None:
+            value = document.get(key)
+            return value if type(value) is str else None
         return _bson_peek.top_level_string(self.body, key)
 
     @property
     def collection(self) -> str | None:
         """The value of the first key when it is a string (``{find: "users"}``), else ``None``."""
+        document = self._document
+        if document is not None:
+            for value in document.values():
+                return value if type(value) is str else None
+            return None
         return _bson_peek.first_value_if_string(self.body)
 
     def document(self) -> dict[str, Any]:

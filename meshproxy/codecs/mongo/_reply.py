@@ -9,8 +9,7 @@ a decode of every document.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from meshproxy.codecs.mongo import _bson_peek
 from meshproxy.codecs.mongo._bson_peek import ARRAY, BOOLEAN, DOCUMENT, DOUBLE, INT32, INT64, STRING
@@ -26,8 +25,9 @@ from meshproxy.codecs.mongo._messages import (
 _CURSOR_NOT_FOUND = 43
 
 
-@dataclass(slots=True, frozen=True)
-class ReplySummary:
+class ReplySummary(NamedTuple):
+    """What a reply says. A tuple, not a dataclass: one is built for every reply the proxy sees."""
+
     ok: bool
     code: int | None
     code_name: str | None
@@ -95,32 +95,46 @@ byte of every document while the walk only touches element headers."""
 
 
 def _summary_from_dict(document: dict[str, Any]) -> ReplySummary:
-    ok_value = document.get("ok", 1)
+    get = document.get
+    cursor = get("cursor")
+    cursor_id: int | None = None
+    num_docs = 0
+    if type(cursor) is dict:
+        raw_id = cursor.get("id")
+        if isinstance(raw_id, int):  # bson gives Int64, an int subclass
+            cursor_id = raw_id
+        batch = cursor.get("firstBatch")
+        if batch is None:
+            batch = cursor.get("nextBatch")
+        if type(batch) is list:
+            num_docs = len(batch)
+    ok = get("ok", 1)
+    if ok and "writeErrors" not in document and "$err" not in document:
+        return ReplySummary(True, None, None, None, cursor_id, num_docs, False, False, ())  # the common case
+    return _failure_summary(document, bool(ok), cursor_id, num_docs)
+
+
+def _failure_summary(document: dict[str, Any], ok: bool, cursor_id: int | None, num_docs: int) -> ReplySummary:
     errmsg = document.get("errmsg")
     legacy_error = document.get("$err")
     code = document.get("code")
-    cursor = document.get("cursor")
-    cursor_id: int | None = None
-    num_docs = 0
-    if isinstance(cursor, dict):
-        raw_id = cursor.get("id")
-        cursor_id = int(raw_id) if isinstance(raw_id, int) else None
-        batch = cursor.get("firstBatch", cursor.get("nextBatch"))
-        num_docs = len(batch) if isinstance(batch, list) else 0
+    code = int(code) if isinstance(code, int | float) and not isinstance(code, bool) else None
+    code_name = document.get("codeName")
     write_errors: tuple[tuple[int | None, str | None], ...] = ()
     entries = document.get("writeErrors")
     if isinstance(entries, list):
         write_errors = tuple(
-            (e.get("code") if isinstance(e.get("code"), int) else None,
-             e.get("codeName") if isinstance(e.get("codeName"), str) else None)
+            (
+                e.get("code") if isinstance(e.get("code"), int) else None,
+                e.get("codeName") if isinstance(e.get("codeName"), str) else None,
+            )
             for e in entries
             if isinstance(e, dict)
         )
-    code = int(code) if isinstance(code, int | float) and not isinstance(code, bool) else None
     return ReplySummary(
-        ok=bool(ok_value) and legacy_error is None,
+        ok=ok and legacy_error is None,
         code=code,
-        code_name=document.get("codeName") if isinstance(document.get("codeName"), str) else None,
+        code_name=code_name if isinstance(code_name, str) else None,
         errmsg=errmsg if isinstance(errmsg, str) else (legacy_error if isinstance(legacy_error, str) else None),
         cursor_id=cursor_id,
         num_docs=num_docs,
@@ -176,6 +190,8 @@ def summarize_reply(message: PlainMessage | OpCompressed) -> ReplySummary:
     if isinstance(message, OpCompressed):
         message = message.inner
     if isinstance(message, OpMsg):
+        if len(message.body) <= SMALL_REPLY:
+            return _summary_from_dict(message.document())  # decoded once, kept for other filters
         return summarize_document(message.body)
     if not isinstance(message, OpReply):
         raise TypeError(f"{type(message).__name__} is not a reply")

@@ -289,7 +289,8 @@ def _query_info(message: PlainMessage, callsite_field: str) -> _QueryInfo | None
     """Read filter, ``maxTimeMS``, comment and cursor flags of a query; None if it cannot be read."""
     try:
         if isinstance(message, OpMsg):
-            body = _lazy(message.body)
+            # The decoder usually decoded a small body already (it validates that way): reuse it.
+            body = message.document() if message._document is not None else _lazy(message.body)
             return _QueryInfo(
                 kind=_query_kind(body.get("filter")),
                 max_time_ms=_as_int(body.get("maxTimeMS")),
