@@ -241,6 +241,17 @@ class MongoSession(Relay):
             return
         self.close(local=True)
 
+    def eof_received(self) -> bool:
+        """The client finished sending. Bytes still buffered are a message that will never be complete:
+        a truncated message is bad input like any other (one ``decoding_error``, the policy applies)."""
+        if not self.passthrough and self.request_decoder.buffered:
+            held = self.request_decoder.buffered
+            error = DecodeError("truncated", f"the client closed its side {held} bytes into a message")
+            self._decode_failed(error, self.request_decoder, "request")
+            if self.closed:
+                return False
+        return super().eof_received()
+
     @property
     def busy(self) -> bool:
         if self._held is not None:
