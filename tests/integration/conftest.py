@@ -10,7 +10,6 @@ cannot see each other's data); a sidecar per test keeps stats exact.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,14 +18,6 @@ from pymongo import MongoClient
 from meshproxy.proxy import ProxyThread
 
 from .support import PREFIX, client_for, sidecar_config
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration talks to a real server: mark it so it can be selected."""
-    here = Path(__file__).parent
-    for item in items:
-        if item.path.is_relative_to(here):
-            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="module")

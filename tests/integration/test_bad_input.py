@@ -29,6 +29,8 @@ from meshproxy.proxy import ProxyThread
 
 from .support import PREFIX
 
+pytestmark = pytest.mark.integration
+
 Client = MongoClient[dict[str, Any]]
 
 CLOSE_TIMEOUT = 5.0

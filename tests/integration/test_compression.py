@@ -16,6 +16,8 @@ from meshproxy.proxy import ProxyThread
 from .compression_stage import CompressionStage
 from .support import PREFIX, client_for, sidecar_config
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def staged_sidecar(secantus: tuple[str, int]) -> Iterator[tuple[ProxyThread, CompressionStage]]:

@@ -17,6 +17,8 @@ from pymongo import MongoClient
 from .compression_stage import CompressionStage
 from .support import SERVER_SELECTION_MS
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def stage(secantus: tuple[str, int]) -> Iterator[CompressionStage]:

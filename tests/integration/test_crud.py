@@ -16,6 +16,8 @@ from meshproxy.proxy import ProxyThread
 
 from .support import PREFIX
 
+pytestmark = pytest.mark.integration
+
 Client = MongoClient[dict[str, Any]]
 
 

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from pymongo import MongoClient
 
 from meshproxy.config import MeshConfig
 from meshproxy.proxy import ProxyThread
 
 from .support import PREFIX, SERVER_SELECTION_MS, client_for, sidecar_config
+
+pytestmark = pytest.mark.integration
 
 SLOW_SECONDS = 1.0
 

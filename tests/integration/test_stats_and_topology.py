@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pymongo import MongoClient
 
 from meshproxy.proxy import ProxyThread
 
 from .support import PREFIX, admin_view
+
+pytestmark = pytest.mark.integration
 
 Client = MongoClient[dict[str, Any]]
 
