@@ -61,7 +61,7 @@ class AdminView:
     def sample_sum(self, name: str, **labels: str) -> float:
         """The sum of ``name`` over every label set that contains ``labels``."""
         return sum(
-            s.value
+            float(s.value)
             for s in self.samples(name)
             if all(s.labels.get(key) == value for key, value in labels.items())
         )

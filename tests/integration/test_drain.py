@@ -115,9 +115,10 @@ def test_drain_lets_a_find_slow_at_the_server_finish_and_refuses_new_connections
     host, port = secantus
 
     def block_the_next_find_at_the_server() -> None:
-        with MongoClient(
+        direct: MongoClient[dict[str, Any]] = MongoClient(
             f"mongodb://{host}:{port}/?directConnection=true", serverSelectionTimeoutMS=SERVER_SELECTION_MS
-        ) as direct:
+        )
+        with direct:
             direct.admin.command(
                 {
                     "configureFailPoint": "failCommand",
