@@ -229,8 +229,8 @@ class CompressionStage:
                     if more_to_come:
                         # An exhaust stream: the next reply answers this one's requestID.
                         link.compressed[header.request_id] = compressor
-                    decoded = MongoDecoder(validate_documents=False).feed(raw)[0]
-                    raw = compress_message(decoded, compressor)
+                    plain = reply if raw is reply.raw else MongoDecoder(validate_documents=False).feed(raw)[0]
+                    raw = compress_message(plain, compressor)
                     with self._lock:
                         self.compressed[compressor.name.lower()] += 1
                 out.append(raw)
