@@ -32,6 +32,9 @@ from meshproxy.config import (
 log = logging.getLogger("meshproxy")
 
 EXIT_CONFIG = 2
+"""A configuration error: the file, a flag, or the two of them together."""
+EXIT_START = 1
+"""The configuration is valid but the proxy could not start (e.g. an address is already in use)."""
 
 
 def _typed(parse: Any, what: str) -> Any:
@@ -58,6 +61,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshproxy",
         description="An L7 proxy and sidecar for MongoDB traffic with per-operation stats and control.",
+        epilog=(
+            "exit status: 0 after a clean shutdown (SIGTERM/SIGINT) or a valid 'check'; 1 when the proxy "
+            "cannot start (e.g. an address in use); 2 for a configuration or usage error."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"meshproxy {__version__}")
     parser.add_argument(
@@ -123,6 +130,8 @@ def _build_parser() -> argparse.ArgumentParser:
 def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
     if args.listen == args.upstream:
         raise ConfigError("--listen and --upstream are the same address: the sidecar would connect to itself")
+    if args.admin is not None and args.admin == args.listen and args.listen[1] != 0:
+        raise ConfigError("--listen and --admin are the same address: each needs its own port")
     filters: list[MongoFilterConfig] = []
     if not args.no_filters:
         filters.append(StatsFilterConfig())
@@ -171,8 +180,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(config)
     except OSError as exc:  # e.g. the listen address is taken
-        print(f"meshproxy: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return _cannot_start(exc, config)
+    except BaseExceptionGroup as group:  # the same, raised inside a task group
+        matched, _ = group.split(OSError)
+        if matched is None:
+            raise
+        return _cannot_start(_first_leaf(matched), config)
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+def _cannot_start(exc: BaseException, config: MeshConfig) -> int:
+    """One line instead of a traceback: the OS's reason, and every address this process tried to bind
+    (the admin endpoint's error does not name its address)."""
+    binds = [f"listener {x.name} on {x.address[0]}:{x.address[1]}" for x in config.listeners]
+    if config.admin is not None:
+        binds.append(f"admin on {config.admin.address[0]}:{config.admin.address[1]}")
+    print(f"meshproxy: cannot start: {exc}\n  (binding {'; '.join(binds)})", file=sys.stderr)
+    return EXIT_START
 
 
 if __name__ == "__main__":

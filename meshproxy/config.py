@@ -8,9 +8,11 @@ Load errors name the file, the path inside it and the field (``ConfigError``).
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -196,16 +198,30 @@ class MeshConfig(_Model):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:
+        problems: list[tuple[Location, str]] = []
         names = [c.name for c in self.clusters]
         for index, listener in enumerate(self.listeners):
             if listener.cluster not in names:
-                raise ValueError(
-                    f"listeners[{index}].cluster: unknown cluster {listener.cluster!r} (known: {names})"
+                problems.append(
+                    (
+                        ("listeners", index, "cluster"),
+                        f"unknown cluster {listener.cluster!r} (defined clusters: {', '.join(names)})",
+                    )
                 )
-        for kind, items in (("listener", [x.name for x in self.listeners]), ("cluster", names)):
-            duplicates = sorted({n for n in items if items.count(n) > 1})
-            if duplicates:
-                raise ValueError(f"duplicate {kind} names: {duplicates}")
+        for kind, items in (("listeners", [x.name for x in self.listeners]), ("clusters", names)):
+            first: dict[str, int] = {}
+            for index, name in enumerate(items):
+                if name in first:
+                    problems.append(
+                        (
+                            (kind, index, "name"),
+                            f"duplicate {kind[:-1]} name {name!r} (already used by {kind}[{first[name]}])",
+                        )
+                    )
+                else:
+                    first[name] = index
+        if problems:
+            raise _LocatedError(problems)
         return self
 
     def cluster(self, name: str) -> ClusterConfig:
@@ -219,44 +235,244 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message names file, path and field."""
 
 
-def _format_location(location: tuple[int | str, ...]) -> str:
+Location = tuple[str | int, ...]
+
+
+class _LocatedError(ValueError):
+    """Raised by cross-field validators so that each problem keeps its own path (pydantic would
+    otherwise report all of them at the level of the model that checked them)."""
+
+    def __init__(self, problems: list[tuple[Location, str]]) -> None:
+        super().__init__("; ".join(f"{_format_location(loc)}: {text}" for loc, text in problems))
+        self.problems = problems
+
+
+def _format_location(location: Location) -> str:
     text = ""
     for part in location:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
 
 
-def config_from_dict(data: Any, *, source: str = "<config>") -> MeshConfig:
-    """Validate a parsed mapping; errors name ``source`` and each failing path."""
+def _bare(annotation: Any) -> Any:
+    """The type under ``Annotated[...]`` and ``X | None``; a union of several models stays a union."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """``{"fault": FaultFilterConfig, ...}`` for a union of models tagged by their ``type`` field."""
+    if get_origin(annotation) not in (Union, UnionType):
+        return {}
+    members: dict[str, type[BaseModel]] = {}
+    for member in get_args(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields:
+            members[str(member.model_fields["type"].default)] = member
+    return members
+
+
+def _resolve(location: Location) -> tuple[Location, type[BaseModel] | None, Any]:
+    """Follow a pydantic error location through the model.
+
+    Returns the location as the user wrote it (without the union tag pydantic inserts after a filter's
+    index, e.g. ``filters[0].fault.delay`` is ``filters[0].delay`` in the file), the model that owns the
+    last field, and the annotation found at the end (``None`` when the path leaves the model).
+    """
+    annotation: Any = MeshConfig
+    owner: type[BaseModel] | None = None
+    clean: list[str | int] = []
+    for part in location:
+        annotation = _bare(annotation)
+        members = _tagged_members(annotation)
+        if members and isinstance(part, str) and part in members:
+            annotation = members[part]
+            continue
+        clean.append(part)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            owner = annotation
+            field = annotation.model_fields.get(str(part))
+            annotation = None if field is None else field.annotation
+        elif get_origin(annotation) is list and isinstance(part, int):
+            annotation = get_args(annotation)[0]
+        else:
+            annotation = None
+    return tuple(clean), owner, _bare(annotation)
+
+
+def _kind(value: Any) -> str:
+    """How a YAML user would name the type of ``value``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, int):
+        return f"a number ({value})"
+    if isinstance(value, float):
+        return f"a number ({value:g})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    return type(value).__name__
+
+
+def _describe_error(error: Any) -> list[tuple[Location, str]]:
+    """One pydantic error as (location in the file, message) pairs, in words a YAML author uses."""
+    location, owner, annotation = _resolve(tuple(error["loc"]))
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    if kind == "value_error" and isinstance(ctx.get("error"), _LocatedError):
+        return [(location + loc, text) for loc, text in ctx["error"].problems]
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return [(location, str(ctx["error"]))]
+    if kind == "extra_forbidden":
+        name = str(location[-1]) if location else "?"
+        known = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [(location, f"unknown field {name!r} (known fields: {', '.join(known)}){hint}")]
+    if kind == "missing":
+        return [(location, f"required field {location[-1]!r} is missing" if location else "required")]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        members = _tagged_members(annotation)
+        types = ", ".join(members) or str(ctx.get("expected_tags", "")).replace("'", "")
+        what = "filter type" if "filters" in location else "type"
+        if kind == "union_tag_invalid":
+            return [((*location, "type"), f"unknown {what} {ctx.get('tag')!r} (known types: {types})")]
+        if not isinstance(given, dict):
+            return [(location, f"expected a mapping with a 'type' field, got {_kind(given)}")]
+        return [((*location, "type"), f"required field 'type' is missing (one of: {types})")]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return [(location, f"expected a mapping, got {_kind(given)}")]
+    if kind in ("list_type", "tuple_type"):
+        return [(location, f"expected a list, got {_kind(given)}")]
+    expected = _EXPECTED.get(kind)
+    if expected is None and kind == "literal_error":
+        expected = f"one of {ctx.get('expected')}"
+    if expected is None and kind == "too_short":
+        expected = f"at least {ctx.get('min_length')} item(s)"
+    if expected is not None:
+        message = f"expected {expected}"
+    else:  # e.g. "Input should be less than or equal to 100"
+        message = str(error["msg"]).replace("Input should be", "should be")
+    if not isinstance(given, dict | list) or kind == "too_short":
+        message += f", got {_kind(given) if given or given == 0 else 'none'}"
+    return [(location, message)]
+
+
+_EXPECTED = {
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "string_type": "a string",
+}
+"""What a YAML author should write, for the pydantic error types whose wording is about Python."""
+
+
+def _validate(data: Any, source: str, marks: dict[Location, tuple[int, int]] | None) -> MeshConfig:
     try:
         return MeshConfig.model_validate(data)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            # Drop the discriminator tag pydantic inserts for tagged unions, e.g. filters[0].fault.
-            location = tuple(
-                part for part in error["loc"] if not (isinstance(part, str) and part.endswith("Config"))
-            )
-            lines.append(f"{source}: {_format_location(location)}: {error['msg']}")
+            for location, message in _describe_error(error):
+                where = source
+                if marks:
+                    # The nearest enclosing node that exists in the file (a missing field has no line).
+                    for end in range(len(location), -1, -1):
+                        if location[:end] in marks:
+                            line, column = marks[location[:end]]
+                            where = f"{source}:{line}:{column}"
+                            break
+                lines.append(f"{where}: {_format_location(location)}: {message}")
         raise ConfigError("\n".join(lines)) from None
 
 
+def config_from_dict(data: Any, *, source: str = "<config>") -> MeshConfig:
+    """Validate a parsed mapping; errors name ``source`` and each failing path."""
+    return _validate(data, source, None)
+
+
+def _node_marks(
+    node: yaml.Node, source: str, location: Location = (), marks: dict[Location, tuple[int, int]] | None = None
+) -> dict[Location, tuple[int, int]]:
+    """``{path: (line, column)}`` of every key and item in the file, 1-based, for error messages.
+
+    Also refuses a key given twice in one mapping: YAML loaders silently keep the last one, which turns
+    a copy-and-paste slip into a configuration nobody wrote.
+    """
+    marks = {} if marks is None else marks
+    marks.setdefault(location, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{source}:{line}:{key_node.start_mark.column + 1}: "
+                    f"{_format_location((*location, key))}: duplicate key {key!r} (first given on line "
+                    f"{seen[key]})"
+                )
+            seen[key] = line
+            marks[(*location, key)] = (line, key_node.start_mark.column + 1)
+            _node_marks(value_node, source, (*location, key), marks)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _node_marks(item, source, (*location, index), marks)
+    return marks
+
+
 def load_config(path: str | Path) -> MeshConfig:
-    """Read and validate a YAML file."""
+    """Read and validate a YAML file.
+
+    Every error is a ``ConfigError`` whose lines read ``FILE:LINE:COLUMN: PATH: MESSAGE`` (``PATH`` as in
+    ``listeners[0].filters[1].delay.duration``), so an editor can jump to it.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {exc.start})") from None
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{path}: the file is empty; expected a mapping with 'listeners' and 'clusters'")
+        marks = _node_marks(node, str(path))
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ConfigError(f"{path}{where}: not valid YAML: {detail}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): expected a mapping, got {type(data).__name__}")
-    return config_from_dict(data, source=str(path))
+        raise ConfigError(
+            f"{path}:1:1: (top level): expected a mapping with 'listeners' and 'clusters', got {_kind(data)}"
+        )
+    return _validate(data, str(path), marks)
 
 
 def mongo_sidecar_config(
