@@ -455,7 +455,7 @@ def load_config(path: str | Path) -> MeshConfig:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        if node is None:
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
             raise ConfigError(f"{path}: the file is empty; expected a mapping with 'listeners' and 'clusters'")
         marks = _node_marks(node, str(path))
         data = loader.construct_document(node)
