@@ -53,11 +53,18 @@ def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, Outcome]:
 
 
 def connection_refused(address: tuple[str, int]) -> bool:
+    """True once a new connection is refused outright.
+
+    While the listening socket is being closed, a connect that raced into its backlog may be reset
+    instead; that is not yet the refusal asserted here, so it reads False and the caller polls again.
+    """
     try:
         with socket.create_connection(address, timeout=1):
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
