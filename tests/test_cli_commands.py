@@ -1,0 +1,339 @@
+"""The ``meshproxy`` command as a user meets it: help, ``check``, argument errors, and real runs.
+
+The end-to-end tests start ``python -m meshproxy`` as a subprocess in front of a real SecantusDB, drive it
+with real pymongo, read its admin endpoint and access log, and stop it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from meshproxy.cli import _build_parser, main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CLI = [sys.executable, "-m", "meshproxy"]
+
+VALID = """\
+admin: null
+listeners:
+  - name: app
+    address: 127.0.0.1:27018
+    cluster: mongo
+clusters:
+  - name: mongo
+    hosts: ["127.0.0.1:27017"]
+"""
+
+
+def meshproxy(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- help ------------------------------------------------------------------------------------------------
+
+SIDECAR_MONGO_FLAGS = [
+    "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--topology", "--max-message-size",
+    "--on-decode-error", "--idle-timeout", "--drain-timeout", "--no-filters",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [
+        ([], ["--version", "--log-level", "sidecar", "run", "check", "exit status"]),
+        (["sidecar"], ["mongo"]),
+        (["sidecar", "mongo"], SIDECAR_MONGO_FLAGS),
+        (["run"], ["-c", "--config"]),
+        (["check"], ["-c", "--config"]),
+    ],
+)
+def test_help_of_every_form_lists_every_flag(
+    argv: list[str], flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in flags:
+        assert flag in out, f"{flag} missing from `meshproxy {' '.join(argv)} --help`"
+
+
+def test_the_help_lists_exactly_the_flags_the_parser_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """Guards SIDECAR_MONGO_FLAGS (and docs/configuration.md, which is checked against the same list)."""
+    parser = _build_parser()
+    sidecar = next(a for a in parser._actions if a.dest == "command").choices["sidecar"]  # type: ignore[index]
+    mongo = next(a for a in sidecar._actions if a.dest == "protocol").choices["mongo"]
+    declared = {s for a in mongo._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    assert declared == set(SIDECAR_MONGO_FLAGS)
+
+
+def test_the_configuration_doc_describes_every_sidecar_flag() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for flag in SIDECAR_MONGO_FLAGS:
+        assert f"`{flag}" in doc, flag
+
+
+def test_python_dash_m_prints_the_version() -> None:
+    result = meshproxy("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("meshproxy ")
+
+
+# -- check -----------------------------------------------------------------------------------------------
+
+
+def test_check_accepts_a_valid_file_and_summarises_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(VALID)
+    assert main(["check", "-c", str(path)]) == 0
+    summary = "1 listener(s): app (mongo) on 127.0.0.1:27018; 1 cluster(s); admin off"
+    assert capsys.readouterr().out == f"{path}: OK: {summary}\n"
+
+
+@pytest.mark.parametrize("name", ["mongo-sidecar.yaml", "mongo-faults.yaml"])
+def test_check_accepts_the_example_files(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(EXAMPLES / name)]) == 0
+    assert ": OK: 1 listener(s)" in capsys.readouterr().out
+
+
+def test_check_of_a_bad_file_exits_2_naming_file_line_path_and_field_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(VALID.replace("    cluster: mongo\n", "    cluster: mongo\n    idle_timeout: forever\n"))
+    result = meshproxy("check", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "meshproxy: configuration error:\n"
+        f"{path}:6:5: listeners[0].idle_timeout: 'forever' is not a duration such as '250ms', '5s', '2m' "
+        "or a number of seconds\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("listeners: [\n", "not valid YAML"),
+        ("", "the file is empty"),
+        (VALID + "colour: blue\n", "colour: unknown field 'colour'"),
+        (VALID.replace("cluster: mongo", "cluster: nope"), "listeners[0].cluster: unknown cluster 'nope'"),
+    ],
+)
+def test_run_and_check_refuse_bad_files_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text)
+    for command in ("check", "run"):
+        assert main([command, "-c", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err
+        assert expected in err
+        assert "Traceback" not in err
+
+
+def test_check_of_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(tmp_path / "nope.yaml")]) == 2
+    assert f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory" in capsys.readouterr().err
+
+
+# -- sidecar argument errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--listen", "nowhere", "--upstream", "127.0.0.1:27017"], "argument --listen: 'nowhere' is not an address"),
+        (["--listen", "127.0.0.1:1", "--upstream", "db:port"], "argument --upstream: 'db:port': the port must be"),
+        (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--admin", "x"], "argument --admin:"),
+        (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--idle-timeout", "soon"], "--idle-timeout:"),
+        (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--max-message-size", "big"], "--max-message-size:"),
+        (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--topology", "weird"], "argument --topology:"),
+        (["--upstream", "127.0.0.1:2"], "the following arguments are required: --listen"),
+    ],
+)
+def test_a_bad_sidecar_argument_names_the_flag_and_exits_2(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sidecar", "mongo", *argv])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_listen_equal_to_upstream_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sidecar", "mongo", "--listen", "127.0.0.1:27017", "--upstream", "127.0.0.1:27017"]) == 2
+    assert "--listen and --upstream are the same address" in capsys.readouterr().err
+
+
+def test_listen_equal_to_admin_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--listen", "127.0.0.1:9901", "--upstream", "127.0.0.1:27017", "--admin", "127.0.0.1:9901"]
+    assert main(["sidecar", "mongo", *argv]) == 2
+    assert "--listen and --admin are the same address" in capsys.readouterr().err
+
+
+def test_a_listen_port_already_in_use_exits_1_with_a_clear_message() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = meshproxy(
+            "sidecar", "mongo", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:1", "--admin", "off"
+        )
+    assert result.returncode == 1
+    assert "meshproxy: cannot start:" in result.stderr
+    assert "address already in use" in result.stderr.lower()
+    assert f"listener mongo on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_admin_port_already_in_use_exits_1_naming_the_admin_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = meshproxy(
+            "sidecar", "mongo", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--admin", f"127.0.0.1:{port}"
+        )
+    assert result.returncode == 1
+    assert f"admin on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- end to end: a real process in front of a real server -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    from secantus import SecantusDBServer
+
+    with SecantusDBServer(port=0, storage_path=str(tmp_path_factory.mktemp("secantus"))) as server:
+        host, port = server.address
+        yield str(host), int(port)
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+@contextlib.contextmanager
+def running(argv: list[str], admin_port: int) -> Iterator[subprocess.Popen[str]]:
+    """Start the command, wait until /ready answers 200, and always reap the process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            with contextlib.suppress(OSError):
+                if http_get(admin_port, "/ready")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "meshproxy did not become ready"
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def drive_and_stop(process: subprocess.Popen[str], listen_port: int, admin_port: int, prefix: str) -> dict[str, Any]:
+    """Insert 5 documents one by one and read them back through the proxy; SIGTERM; return what we saw."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        "127.0.0.1", listen_port, directConnection=True, serverSelectionTimeoutMS=5000
+    )
+    try:
+        collection = client["shop"][f"orders_{prefix}"]
+        for number in range(5):
+            collection.insert_one({"n": number})
+        found = sorted(doc["n"] for doc in collection.find({}, {"_id": 0}))
+    finally:
+        client.close()
+    status, stats = http_get(admin_port, f"/stats?filter=^mongo\\.{prefix}\\.cmd\\.insert\\.total$")
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=10)
+    return {"found": found, "stats": (status, stats), "exit": code, "stop_seconds": time.monotonic() - started}
+
+
+@pytest.mark.integration
+def test_sidecar_process_proxies_counts_logs_and_exits_0_on_sigterm(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    listen, admin = free_port(), free_port()
+    access_log = tmp_path / "access.log"
+    argv = [
+        "sidecar", "mongo", "--listen", f"127.0.0.1:{listen}", "--upstream", f"{secantus[0]}:{secantus[1]}",
+        "--admin", f"127.0.0.1:{admin}", "--stat-prefix", "cli", "--access-log", str(access_log),
+        "--drain-timeout", "2s",
+    ]  # fmt: skip
+    with running(argv, admin) as process:
+        seen = drive_and_stop(process, listen, admin, "cli")
+    assert seen["found"] == [0, 1, 2, 3, 4]
+    assert seen["stats"] == (200, "mongo.cli.cmd.insert.total: 5\n")
+    assert seen["exit"] == 0
+    assert seen["stop_seconds"] < 5
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    inserts = [e for e in entries if e["command"] == "insert"]
+    assert len(inserts) == 5
+    assert {(e["db"], e["collection"]) for e in inserts} == {("shop", "orders_cli")}
+
+
+@pytest.mark.integration
+def test_run_with_an_equivalent_yaml_file_behaves_the_same(secantus: tuple[str, int], tmp_path: Path) -> None:
+    listen, admin = free_port(), free_port()
+    access_log = tmp_path / "access.log"
+    config = tmp_path / "mesh.yaml"
+    config.write_text(
+        f"""\
+admin:
+  address: 127.0.0.1:{admin}
+listeners:
+  - name: yaml
+    address: 127.0.0.1:{listen}
+    cluster: db
+    filters:
+      - type: stats
+      - type: access_log
+        path: {access_log}
+      - type: topology_rewrite
+clusters:
+  - name: db
+    hosts: ["{secantus[0]}:{secantus[1]}"]
+drain_timeout: 2s
+"""
+    )
+    with running(["run", "-c", str(config)], admin) as process:
+        seen = drive_and_stop(process, listen, admin, "yaml")
+    assert seen["found"] == [0, 1, 2, 3, 4]
+    assert seen["stats"] == (200, "mongo.yaml.cmd.insert.total: 5\n")
+    assert seen["exit"] == 0
+    assert seen["stop_seconds"] < 5
+    inserts = [e for e in map(json.loads, access_log.read_text().splitlines()) if e["command"] == "insert"]
+    assert len(inserts) == 5
