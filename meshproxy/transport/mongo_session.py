@@ -75,8 +75,10 @@ class MongoSession(Relay):
         except DecodeError as error:
             self._decode_failed(error, self.request_decoder, "request")
             return
-        if not messages:
-            return
+        if messages:
+            self._forward_requests(messages)
+
+    def _forward_requests(self, messages: list[MongoMessage]) -> None:
         if self._held is not None:
             self._held.extend(messages)
             return
@@ -162,8 +164,10 @@ class MongoSession(Relay):
         except DecodeError as error:
             self._decode_failed(error, self.reply_decoder, "reply")
             return
-        if not messages:
-            return
+        if messages:
+            self._process_replies(messages)
+
+    def _process_replies(self, messages: list[MongoMessage]) -> None:
         now = _now_ns()
         pending = self.pending
         out: list[bytes] = []
@@ -230,7 +234,14 @@ class MongoSession(Relay):
             "passing the rest of the connection through" if policy == "passthrough" else "closing it",
         )
         if policy == "passthrough":
-            # Stop decoding this connection both ways and pass the undecoded bytes on as they are.
+            # Good messages that arrived in the same read as the bad one go their normal way first; then
+            # this connection stops decoding both ways and the undecoded bytes pass on as they are.
+            decoded = decoder.decoded_before_error()
+            if decoded:
+                if direction == "request":
+                    self._forward_requests(decoded)
+                else:
+                    self._process_replies(decoded)
             self.passthrough = True
             leftover = decoder.unconsumed()
             if leftover:

@@ -257,9 +257,31 @@ def test_passthrough_policy_forwards_undecodable_bytes_untouched(passthrough_sid
         assert read_until_closed(sock) == b""  # SecantusDB refused the opcode and closed
     wait_for(lambda: values()[DECODING_ERROR] == 2, "two decoding errors")
 
+    # A good request still waiting for its reply when the bad one arrives: both answers come back through
+    # the undecoded stream, and the good one's operation ends with the connection.
+    with socket.create_connection(address, timeout=WAIT) as sock:
+        sock.sendall(real_ping() + bytes(ping))
+        replies = b""
+        while replies.count(b"\x01ok\x00") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "the connection closed before both pings were answered"
+            replies += chunk
+    wait_for(lambda: values()[DECODING_ERROR] == 3, "three decoding errors")
+
+    # A truncated message then a half-close: the partial bytes go on to SecantusDB, which closes too.
+    with socket.create_connection(address, timeout=WAIT) as sock:
+        sock.sendall(truncated())
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""
+    wait_for(lambda: values()[DECODING_ERROR] == 4, "four decoding errors")
+
     with client_for(address) as mongo:
         work(mongo, 5)
         mongo.bad_input.survivors.drop()
-    # The pings of the passed-through connections were relayed, not decoded: no operation was counted.
-    assert values().get(f"mongo.{PREFIX}.cmd.ping.total", 0) == 0
-    assert values()[DECODING_ERROR] == 2
+    # The good ping was counted when it was decoded; no request after a decode error was.
+    assert values().get(f"mongo.{PREFIX}.cmd.ping.total", 0) == 1
+    assert values()[DECODING_ERROR] == 4
+    # Operations cut off by passthrough do not stay "active" once their connections are gone.
+    wait_for(lambda: values()[f"listener.{PREFIX}.downstream_cx_active"] == 0, "every connection to close")
+    assert values()[f"mongo.{PREFIX}.op_active"] == 0
+    assert values()["cluster.upstream.upstream_rq_active"] == 0

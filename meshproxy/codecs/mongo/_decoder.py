@@ -236,7 +236,7 @@ def _parse_kill_cursors(header: MsgHeader, data: bytes) -> OpKillCursors:
 class MongoDecoder:
     """Bytes from one direction of one connection in, whole messages out."""
 
-    __slots__ = ("_buffer", "_error", "max_message_size", "validate_documents", "verify_checksum")
+    __slots__ = ("_before_error", "_buffer", "_error", "max_message_size", "validate_documents", "verify_checksum")
 
     def __init__(
         self,
@@ -256,11 +256,22 @@ class MongoDecoder:
         self.validate_documents = validate_documents
         self._buffer = bytearray()
         self._error: DecodeError | None = None
+        self._before_error: list[MongoMessage] = []
 
     @property
     def buffered(self) -> int:
         """Bytes held for a message that is not complete yet."""
         return len(self._buffer)
+
+    def decoded_before_error(self) -> list[MongoMessage]:
+        """The whole, valid messages that preceded the bad one in the ``feed`` call that raised.
+
+        ``feed`` raises instead of returning them, so without this a caller that goes on after an error
+        (a proxy's ``passthrough`` policy) would lose good messages that arrived in the same read as a bad
+        one: their bytes are no longer in ``unconsumed()``. Returned once; empty when there were none.
+        """
+        messages, self._before_error = self._before_error, []
+        return messages
 
     def unconsumed(self) -> bytes:
         """Bytes received but not returned as messages (after an error: from the bad message on)."""
@@ -299,6 +310,7 @@ class MongoDecoder:
                 pos += length
         except DecodeError as error:
             self._error = error
+            self._before_error = messages
             buffer += data[pos:]
             raise
         if pos < size:
