@@ -30,7 +30,7 @@ _SIZE_UNITS = {
 
 def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError("a duration such as '250ms', '5s' or a number of seconds")
+        raise ValueError("a boolean is not a duration such as '250ms', '5s', '2m' or a number of seconds")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
@@ -44,7 +44,7 @@ def parse_duration(value: Any) -> float:
 
 def parse_size(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError("a size such as '48MB', '16KiB' or a number of bytes")
+        raise ValueError("a boolean is not a size such as '48MB', '16KiB' or a number of bytes")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (match := _SIZE.match(value)):
@@ -362,12 +362,14 @@ def _describe_error(error: Any) -> list[tuple[Location, str]]:
         expected = f"one of {ctx.get('expected')}"
     if expected is None and kind == "too_short":
         expected = f"at least {ctx.get('min_length')} item(s)"
+    if kind == "invalid_key":
+        return [((*location[:-1], str(location[-1])), f"a field name must be a string, got {_kind(given)}")]
     if expected is not None:
-        message = f"expected {expected}"
+        message = f"expected {expected}, got {_kind(given) if given or given == 0 else 'none'}"
     else:  # e.g. "Input should be less than or equal to 100"
         message = str(error["msg"]).replace("Input should be", "should be")
-    if not isinstance(given, dict | list) or kind == "too_short":
-        message += f", got {_kind(given) if given or given == 0 else 'none'}"
+        if not isinstance(given, dict | list):
+            message += f", got {_kind(given)}"
     return [(location, message)]
 
 

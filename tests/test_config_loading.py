@@ -237,6 +237,30 @@ def test_a_string_where_a_list_belongs_is_reported_at_that_field() -> None:
     assert dict_error(data) == "mesh.yaml: clusters[0].hosts: expected a list, got a string ('127.0.0.1:27017')"
 
 
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        ({**minimal(), "admin": 5}, "admin: expected a mapping, got a number (5)"),
+        ({**minimal(), "admin": {"adress": "127.0.0.1:1"}}, "admin.adress: unknown field 'adress' (known fields: address); did you mean 'address'?"),  # noqa: E501
+        ({**minimal(), "listeners": {}}, "listeners: expected a list, got a mapping"),
+        (minimal(filters=None), "listeners[0].filters: expected a list, got null"),
+        (minimal(name=5), "listeners[0].name: expected a string, got a number (5)"),
+        (minimal(stat_prefix=["a"]), "listeners[0].stat_prefix: expected a string, got a list"),
+        (minimal(idle_timeout=True), "listeners[0].idle_timeout: a boolean is not a duration such as '250ms', '5s', '2m' or a number of seconds"),  # noqa: E501
+        (minimal(idle_timeout=-1), "listeners[0].idle_timeout: a duration cannot be negative"),
+        (minimal(max_message_size=0), "listeners[0].max_message_size: a size must be positive"),
+        (minimal(filters=[{"type": "stats", "per_collection": 3}]), "listeners[0].filters[0].per_collection: expected true or false, got a number (3)"),  # noqa: E501
+        (minimal(filters=[{"type": "fault", "delay": 5}]), "listeners[0].filters[0].delay: expected a mapping, got a number (5)"),  # noqa: E501
+        (minimal(filters=[{"type": "fault", "abort": {"code": 1.5}}]), "listeners[0].filters[0].abort.code: expected a whole number, got a number (1.5)"),  # noqa: E501
+        (minimal(filters=[{"type": "fault", "abort": {}, "match": {"command": "find"}}]), "listeners[0].filters[0].match.command: expected a list, got a string ('find')"),  # noqa: E501
+        (minimal(filters=[{"type": "topology_rewrite", "mode": "on"}]), "listeners[0].filters[0].mode: expected one of 'rewrite', 'standalone' or 'off', got a string ('on')"),  # noqa: E501
+        ({**minimal(), 1: 2}, "1: a field name must be a string, got a number (1)"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_type_error_reads_as_expected_and_got(data: dict[Any, Any], line: str) -> None:
+    assert dict_error(data) == f"mesh.yaml: {line}"
+
+
 def test_a_choice_outside_the_allowed_values_lists_them() -> None:
     assert dict_error(minimal(protocol="http")) == (
         "mesh.yaml: listeners[0].protocol: expected one of 'mongo', 'tcp' or 'auto', got a string ('http')"
