@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshproxy.mongo")
 
-_HANDSHAKE_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
-
 _now_ns = time.monotonic_ns
 
 
@@ -267,9 +265,13 @@ class MongoSession(Relay):
     def busy(self) -> bool:
         if self._held is not None:
             return True
+        if self.passthrough:
+            # Replies now pass undecoded: an operation pending at the switch can never be seen to end, so
+            # the connection is as opaque as a TCP relay, which a drain does not wait for either.
+            return False
         # Awaitable hello / streamed monitoring checks can wait for many seconds by design: they are not
         # work a drain has to wait for.
-        return any(op.command not in _HANDSHAKE_COMMANDS for op in self.pending.values())
+        return any(not op.is_monitoring for op in self.pending.values())
 
     def drain(self) -> None:
         self._draining = True
@@ -283,7 +285,7 @@ class MongoSession(Relay):
     def on_close(self, *, local: bool) -> None:
         if self._delay_handle is not None:
             self._delay_handle.cancel()
-        active = len(self.pending) + (len(self._held) if self._held else 0)
+        active = sum(1 for op in self.pending.values() if not op.is_monitoring) + len(self._held or ())
         for f in self.filters:
             f.on_connection_close(self.info, active_operations=active, local=local)
         if self.pending:

@@ -285,3 +285,33 @@ def test_passthrough_policy_forwards_undecodable_bytes_untouched(passthrough_sid
     wait_for(lambda: values()[f"listener.{PREFIX}.downstream_cx_active"] == 0, "every connection to close")
     assert values()[f"mongo.{PREFIX}.op_active"] == 0
     assert values()["cluster.upstream.upstream_rq_active"] == 0
+
+
+def test_stopping_does_not_wait_for_operations_a_passthrough_connection_can_no_longer_see(
+    secantus: tuple[str, int],
+) -> None:
+    """After a decode error under ``passthrough`` the proxy relays bytes blindly, like a TCP relay: the
+    reply to a request that was pending at the switch passes by undecoded, so the operation can never be
+    seen to end. A drain must not wait its whole timeout for it."""
+    config = sidecar_config(secantus, on_decode_error="passthrough").model_copy(update={"drain_timeout": 5.0})
+    proxy = ProxyThread(config)
+    proxy.start()
+    try:
+        with socket.create_connection(proxy.listener_address(PREFIX), timeout=WAIT) as sock:
+            bad_ping = bytearray(real_ping())
+            struct.pack_into("<I", bad_ping, 16, 1)  # checksumPresent, with a checksum that is not right
+            bad_ping += b"\xde\xad\xbe\xef"
+            struct.pack_into("<i", bad_ping, 0, len(bad_ping))
+            sock.sendall(real_ping() + bytes(bad_ping))
+            replies = b""
+            while replies.count(b"\x01ok\x00") < 2:
+                chunk = sock.recv(65536)
+                assert chunk
+                replies += chunk
+            started = time.monotonic()
+            proxy.stop()
+            stopped_after = time.monotonic() - started
+            assert read_until_closed(sock) == b""
+    finally:
+        proxy.stop()
+    assert stopped_after < 2.0
