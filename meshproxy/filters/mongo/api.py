@@ -66,6 +66,10 @@ class LocalReply:
 
 RequestAction = Delay | LocalReply
 
+MONITORING_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
+"""Commands drivers also use to *wait*: an awaitable ``hello`` parks at the server for up to
+``maxAwaitTimeMS`` by design, so one pending at close or drain time is not interrupted work."""
+
 
 class _Unset:
     """Marks a lazily read field that has not been read yet (None is a valid value)."""
@@ -164,6 +168,10 @@ class MongoOperation:
         if isinstance(message, OpKillCursors | OpReply):
             return None
         return message.full_collection_name.partition(".")[2]
+
+    @property
+    def is_monitoring(self) -> bool:
+        return self.command in MONITORING_COMMANDS
 
     @property
     def expects_reply(self) -> bool:

@@ -16,14 +16,21 @@ import random as _random
 from typing import TYPE_CHECKING
 
 from meshproxy.codecs.mongo import error_reply
-from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation, RequestAction
+from meshproxy.filters.mongo.api import (
+    MONITORING_COMMANDS,
+    Delay,
+    LocalReply,
+    MongoFilter,
+    MongoOperation,
+    RequestAction,
+)
 
 if TYPE_CHECKING:
     from meshproxy.config import FaultFilterConfig, MongoMatch
     from meshproxy.stats import Counter, StatsStore
 
-HANDSHAKE_COMMANDS = frozenset(
-    {"hello", "isMaster", "ismaster", "saslStart", "saslContinue", "authenticate", "getnonce", "logout"}
+HANDSHAKE_COMMANDS = MONITORING_COMMANDS | frozenset(
+    {"saslStart", "saslContinue", "authenticate", "getnonce", "logout"}
 )
 """Commands a driver's connection handshake and monitoring depend on; exempt unless named in the match."""
 

@@ -694,7 +694,7 @@ class MongoStatsFilter(MongoFilter):
 
     def on_connection_close(self, connection: ConnectionInfo, *, active_operations: int, local: bool) -> None:
         pending = self._connections.pop(connection.id, None) or {}
-        if active_operations or pending:
+        if active_operations or any(not state.op.is_monitoring for state in pending.values()):
             if local:
                 self.g.cx_destroy_local_with_active_rq.inc()
             else:
