@@ -20,12 +20,13 @@ import pytest
 from bson.codec_options import CodecOptions
 from pymongo import MongoClient, ReadPreference
 from pymongo import message as pymongo_message
+from pymongo.errors import AutoReconnect
 
 from meshproxy.config import DEFAULT_MAX_MESSAGE_SIZE
 from meshproxy.proxy import ProxyThread
 from meshproxy.transport.mongo_session import MongoSession
 
-from .support import PREFIX, client_for, sidecar_config
+from .support import PREFIX, admin_view, client_for, sidecar_config
 
 pytestmark = pytest.mark.integration
 
@@ -155,10 +156,32 @@ def test_bad_input_closes_only_its_connection_and_counts_one_decoding_error(
         assert read_until_closed(bad) == b""
 
     wait_for(lambda: sidecar.stats.values()[DECODING_ERROR] == before + 1, "one decoding_error")
+    assert admin_view(sidecar).sample_sum("meshproxy_mongo_decoding_error_total", prefix=PREFIX) == before + 1
     work(client, 2)
     assert client.bad_input.survivors.count_documents({}) == 2
     client.bad_input.survivors.drop()
     assert sidecar.stats.values()[DECODING_ERROR] == before + 1
+
+
+def test_a_message_over_the_configured_size_limit_closes_the_drivers_connection(
+    secantus: tuple[str, int],
+) -> None:
+    """``max_message_size`` applies to what a real driver sends: an insert of about 4 KB through a sidecar
+    limited to 2 KB is refused from its header; pymongo sees its connection closed, small operations go on."""
+    with (
+        ProxyThread(sidecar_config(secantus, max_message_size="2KB")) as proxy,
+        client_for(proxy.listener_address(PREFIX), retryWrites=False) as mongo,
+    ):
+        small = mongo.bad_input.limited
+        small.insert_one({"_id": "small"})
+        with pytest.raises(AutoReconnect):
+            small.insert_one({"_id": "big", "pad": "x" * 4000})
+        assert small.find_one({"_id": "small"}) == {"_id": "small"}
+        assert small.find_one({"_id": "big"}) is None
+        values = proxy.stats.values()
+        assert values[DECODING_ERROR] == 1
+        assert values[f"mongo.{PREFIX}.cmd.insert.total"] == 1
+        small.drop()
 
 
 def test_a_clean_close_between_messages_is_not_a_decoding_error(sidecar: ProxyThread) -> None:

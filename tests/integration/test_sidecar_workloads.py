@@ -129,6 +129,23 @@ def test_a_cursor_of_500_documents_in_batches_of_10_takes_exactly_50_getmores(
     assert stat(sidecar, "cursor.killed") == 0
 
 
+def test_a_cursor_closed_early_is_killed_and_counted_so(client: Client, sidecar: ProxyThread) -> None:
+    letters = client.workloads.letters
+    letters.drop()
+    letters.insert_many([{"_id": i} for i in range(100)])
+
+    cursor = letters.find({}, sort=[("_id", ASCENDING)], batch_size=10)
+    assert [next(cursor)["_id"] for _ in range(15)] == list(range(15))  # the find's batch and one getMore
+    cursor.close()
+
+    assert stat(sidecar, "cmd.getMore.total") == 1
+    assert stat(sidecar, "cmd.killCursors.total") == 1
+    assert stat(sidecar, "cursor.opened") == 1
+    assert stat(sidecar, "cursor.killed") == 1
+    assert stat(sidecar, "cursor.exhausted") == 0
+    assert letters.count_documents({}) == 100
+
+
 def test_bulk_write_with_every_kind_of_operation_reports_exact_counts(client: Client, sidecar: ProxyThread) -> None:
     stock = client.workloads.stock
     stock.drop()
