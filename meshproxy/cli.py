@@ -53,6 +53,13 @@ def _typed(parse: Any, what: str) -> Any:
 _address = _typed(parse_address, "address")
 
 
+def _parse_message_size(value: str) -> int:
+    size = parse_size(value)
+    if size < 16:
+        raise ValueError(f"{value!r}: a message size must be at least 16 bytes (one message header)")
+    return size
+
+
 def _admin_address(text: str) -> tuple[str, int] | None:
     return None if text == "off" else _address(text)
 
@@ -104,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="hello/isMaster rewriting so drivers stay on the sidecar (default rewrite)",
     )
     mongo.add_argument(
-        "--max-message-size", type=_typed(parse_size, "size"), metavar="SIZE",
+        "--max-message-size", type=_typed(_parse_message_size, "size"), metavar="SIZE",
         help="largest message accepted, e.g. 48MB (default: MongoDB's 48000000 bytes)",
     )
     mongo.add_argument(

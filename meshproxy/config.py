@@ -166,7 +166,8 @@ class ListenerConfig(_Model):
     stat_prefix: str | None = None
     """Stats scope (``mongo.<stat_prefix>.*``); defaults to the listener's name."""
     filters: list[MongoFilterConfig] = Field(default_factory=_default_mongo_filters)
-    max_message_size: ByteSize = DEFAULT_MAX_MESSAGE_SIZE
+    max_message_size: Annotated[ByteSize, Field(ge=16)] = DEFAULT_MAX_MESSAGE_SIZE
+    """At least 16 bytes (one message header): the decoder cannot frame anything smaller."""
     on_decode_error: Literal["close", "passthrough"] = "close"
     """``close`` the one connection that sent bad bytes, or ``passthrough``: stop decoding it and
     forward its remaining bytes untouched."""
@@ -360,6 +361,10 @@ def _describe_error(error: Any) -> list[tuple[Location, str]]:
     expected = _EXPECTED.get(kind)
     if expected is None and kind == "literal_error":
         expected = f"one of {ctx.get('expected')}"
+    if expected is None and kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        limit = ctx.get(key)
+        expected = f"{words} {limit:g}" if isinstance(limit, float) else f"{words} {limit}"
     if expected is None and kind == "too_short":
         expected = f"at least {ctx.get('min_length')} item(s)"
     if kind == "invalid_key":
@@ -384,6 +389,14 @@ _EXPECTED = {
     "string_type": "a string",
 }
 """What a YAML author should write, for the pydantic error types whose wording is about Python."""
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "at least"),
+    "less_than_equal": ("le", "at most"),
+    "greater_than": ("gt", "more than"),
+    "less_than": ("lt", "less than"),
+}
+"""Numeric bound errors: the pydantic error type, the key of its limit in ``ctx``, and how to say it."""
 
 
 def _validate(data: Any, source: str, marks: dict[Location, tuple[int, int]] | None) -> MeshConfig:

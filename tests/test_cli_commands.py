@@ -168,6 +168,7 @@ def test_check_of_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureF
         (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--admin", "x"], "argument --admin:"),
         (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--idle-timeout", "soon"], "--idle-timeout:"),
         (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--max-message-size", "big"], "--max-message-size:"),
+        (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--max-message-size", "8"], "at least 16 bytes"),
         (["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2", "--topology", "weird"], "argument --topology:"),
         (["--upstream", "127.0.0.1:2"], "the following arguments are required: --listen"),
     ],

@@ -249,6 +249,7 @@ def test_a_string_where_a_list_belongs_is_reported_at_that_field() -> None:
         (minimal(idle_timeout=True), "listeners[0].idle_timeout: a boolean is not a duration such as '250ms', '5s', '2m' or a number of seconds"),  # noqa: E501
         (minimal(idle_timeout=-1), "listeners[0].idle_timeout: a duration cannot be negative"),
         (minimal(max_message_size=0), "listeners[0].max_message_size: a size must be positive"),
+        (minimal(max_message_size="8B"), "listeners[0].max_message_size: expected at least 16, got a string ('8B')"),
         (minimal(filters=[{"type": "stats", "per_collection": 3}]), "listeners[0].filters[0].per_collection: expected true or false, got a number (3)"),  # noqa: E501
         (minimal(filters=[{"type": "fault", "delay": 5}]), "listeners[0].filters[0].delay: expected a mapping, got a number (5)"),  # noqa: E501
         (minimal(filters=[{"type": "fault", "abort": {"code": 1.5}}]), "listeners[0].filters[0].abort.code: expected a whole number, got a number (1.5)"),  # noqa: E501
@@ -311,7 +312,7 @@ def test_bad_host_in_a_cluster_names_its_index() -> None:
 def test_an_out_of_range_percentage_is_reported_at_the_percentage() -> None:
     message = dict_error(minimal(filters=[{"type": "fault", "abort": {"percentage": 150}}]))
     assert message == (
-        "mesh.yaml: listeners[0].filters[0].abort.percentage: should be less than or equal to 100, got a number (150)"
+        "mesh.yaml: listeners[0].filters[0].abort.percentage: expected at most 100, got a number (150)"
     )
 
 
