@@ -32,7 +32,7 @@ from meshproxy.config import (
 log = logging.getLogger("meshproxy")
 
 EXIT_CONFIG = 2
-"""A configuration error: the file, a flag, or the two of them together."""
+"""A configuration or usage error: a bad file, a bad flag, or flags that contradict each other."""
 EXIT_START = 1
 """The configuration is valid but the proxy could not start (e.g. an address is already in use)."""
 
