@@ -173,7 +173,8 @@ def _run_target(
     try:
         for connections in counts:
             record = RunRecord(round_index + 1, target.name, connections)
-            prefix = target.stat_prefix if isinstance(target, MeshProxy) else ""
+            counted = isinstance(target, MeshProxy) and target.counts_operations
+            prefix = target.stat_prefix if isinstance(target, MeshProxy) and counted else ""
             before: int | None = None
             if prefix:
                 before, _ = _find_counter(running, prefix)

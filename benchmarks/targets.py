@@ -242,6 +242,7 @@ class MeshProxy(Target):
     extra_args: list[str] = field(default_factory=list)
     stat_prefix: str = "bench"
     module: str = "meshproxy.cli"  # ``python -m <module> sidecar mongo ...``
+    counts_operations: bool = True  # False when the flags turn the stats filter off (nothing to scrape)
 
     def unavailable(self) -> str | None:
         try:
@@ -309,5 +310,11 @@ def all_targets() -> dict[str, Target]:
         PythonForwarder("asyncio-forwarder", "asyncio Protocols on uvloop, pause/resume", kind="asyncio"),
         PythonForwarder("anyio-forwarder", "anyio byte streams (asyncio backend, uvloop)", kind="anyio"),
         MeshProxy("meshproxy", "meshproxy sidecar mongo, default filters (stats)"),
+        MeshProxy(
+            "meshproxy-nofilters",
+            "meshproxy sidecar mongo --no-filters: decode and forward only",
+            extra_args=["--no-filters"],
+            counts_operations=False,
+        ),
     ]
     return {t.name: t for t in targets}
