@@ -54,6 +54,8 @@ class MongoSession(Relay):
         self.passthrough = False
         """Set after a decode error under the ``passthrough`` policy: bytes flow untouched from then on."""
         self._held: list[MongoMessage] | None = None
+        self._held_passthrough: list[bytes] = []
+        """Undecoded bytes (``passthrough``) that arrived while requests were held: they go after them."""
         """Requests waiting behind a delayed one (None when nothing is delayed)."""
         self._delay_handle: asyncio.TimerHandle | None = None
         self._draining = False
@@ -66,7 +68,7 @@ class MongoSession(Relay):
 
     def on_downstream_data(self, data: bytes) -> None:
         if self.passthrough:
-            self.send_upstream(data)
+            self._send_passthrough_upstream(data)
             return
         try:
             messages = self.request_decoder.feed(data)
@@ -149,6 +151,10 @@ class MongoSession(Relay):
             self._hold(op, position, held)
         elif held:
             self._process_requests(held)
+        if self._held is None and self._held_passthrough:
+            data = b"".join(self._held_passthrough)
+            self._held_passthrough.clear()
+            self.send_upstream(data)
         self._maybe_drain_close()
 
     # -- replies --------------------------------------------------------------------------------------
@@ -244,11 +250,18 @@ class MongoSession(Relay):
             leftover = decoder.unconsumed()
             if leftover:
                 if direction == "request":
-                    self.send_upstream(leftover)
+                    self._send_passthrough_upstream(leftover)
                 else:
                     self.send_downstream(leftover)
             return
         self.close(local=True)
+
+    def _send_passthrough_upstream(self, data: bytes) -> None:
+        """Undecoded client bytes keep their place behind requests a fault delay still holds."""
+        if self._held is not None:
+            self._held_passthrough.append(data)
+        else:
+            self.send_upstream(data)
 
     def eof_received(self) -> bool:
         """The client finished sending. Bytes still buffered are a message that will never be complete:
@@ -292,3 +305,4 @@ class MongoSession(Relay):
             self._requests_finished(len(self.pending))
         self.pending.clear()
         self._held = None
+        self._held_passthrough.clear()

@@ -338,3 +338,30 @@ def test_stopping_does_not_wait_for_operations_a_passthrough_connection_can_no_l
     finally:
         proxy.stop()
     assert stopped_after < 2.0
+
+
+def test_passthrough_keeps_order_behind_a_request_held_by_a_fault_delay(secantus: tuple[str, int]) -> None:
+    """A find held 0.3 s by the fault filter, then an undecodable ping on the same connection: the ping's
+    bytes pass through undecoded, but only after the find, so SecantusDB answers them in the order sent."""
+    filters: list[Any] = [
+        {"type": "stats"},
+        {"type": "fault", "delay": {"duration": "0.3s"}, "match": {"command": ["find"]}},
+    ]
+    config = sidecar_config(secantus, on_decode_error="passthrough", filters=filters)
+    find = pymongo_op_msg({"find": "victims", "filter": {}})
+    bad_ping = bytearray(real_ping())
+    struct.pack_into("<I", bad_ping, 16, 1)  # checksumPresent, with a checksum that is not right
+    bad_ping += b"\xde\xad\xbe\xef"
+    struct.pack_into("<i", bad_ping, 0, len(bad_ping))
+    with ProxyThread(config) as proxy, socket.create_connection(proxy.listener_address(PREFIX), timeout=WAIT) as sock:
+        sock.sendall(find)
+        wait_for(lambda: proxy.stats.values().get(f"mongo.{PREFIX}.cmd.find.delay_injected", 0) == 1, "the delay")
+        sock.sendall(bytes(bad_ping))
+        replies = b""
+        while len(replies) < 4 or len(replies) < struct.unpack_from("<i", replies)[0] + 4:
+            chunk = sock.recv(65536)
+            assert chunk, "the connection closed before both replies came"
+            replies += chunk
+        first_length = struct.unpack_from("<i", replies)[0]
+        answered = [struct.unpack_from("<i", replies, 8)[0], struct.unpack_from("<i", replies, first_length + 8)[0]]
+    assert answered == [struct.unpack_from("<i", find, 4)[0], struct.unpack_from("<i", bad_ping, 4)[0]]
