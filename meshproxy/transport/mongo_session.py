@@ -56,6 +56,8 @@ class MongoSession(Relay):
         self._held: list[MongoMessage] | None = None
         self._held_passthrough: list[bytes] = []
         """Undecoded bytes (``passthrough``) that arrived while requests were held: they go after them."""
+        self._eof_after_held = False
+        """The client half-closed while requests were held: pass the EOF upstream once they are sent."""
         """Requests waiting behind a delayed one (None when nothing is delayed)."""
         self._delay_handle: asyncio.TimerHandle | None = None
         self._draining = False
@@ -155,6 +157,9 @@ class MongoSession(Relay):
             data = b"".join(self._held_passthrough)
             self._held_passthrough.clear()
             self.send_upstream(data)
+        if self._held is None and self._eof_after_held:
+            self._eof_after_held = False
+            super().eof_received()
         self._maybe_drain_close()
 
     # -- replies --------------------------------------------------------------------------------------
@@ -265,13 +270,18 @@ class MongoSession(Relay):
 
     def eof_received(self) -> bool:
         """The client finished sending. Bytes still buffered are a message that will never be complete:
-        a truncated message is bad input like any other (one ``decoding_error``, the policy applies)."""
+        a truncated message is bad input like any other (one ``decoding_error``, the policy applies).
+        Requests a fault delay still holds go upstream before the EOF does."""
         if not self.passthrough and self.request_decoder.buffered:
             held = self.request_decoder.buffered
             error = DecodeError("truncated", f"the client closed its side {held} bytes into a message")
             self._decode_failed(error, self.request_decoder, "request")
             if self.closed:
                 return False
+        if self._held is not None:
+            # An EOF passed on now would overtake the held requests: the server would never see them.
+            self._eof_after_held = True
+            return True
         return super().eof_received()
 
     @property

@@ -120,3 +120,23 @@ def test_stopping_lets_a_delayed_find_finish_closes_idle_connections_and_refuses
     assert values[f"mongo.{PREFIX}.cx_drain_close"] >= 2
     # Operations cut by the close (the parked hellos) leave the active-operations gauge too.
     assert values[f"mongo.{PREFIX}.op_active"] == 0
+
+
+def test_a_client_half_close_waits_for_requests_a_fault_delay_still_holds(secantus: tuple[str, int]) -> None:
+    """A client may send its last request and shut its write side at once. When a delay holds that request,
+    the proxy must pass the half-close upstream only after the request itself, and still deliver the reply."""
+    with ProxyThread(sidecar_config(secantus, filters=FILTERS)) as proxy:
+        _, find, _, _ = pymongo_message._op_msg(
+            0, {"find": "notes", "filter": {}, "$db": "drain_it"}, "drain_it", ReadPreference.PRIMARY, CodecOptions()
+        )
+        with socket.create_connection(proxy.listener_address(PREFIX), timeout=5) as sock:
+            sock.sendall(bytes(find))
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert len(reply) > 16
+        assert struct.unpack_from("<i", reply)[0] == len(reply)
+        assert struct.unpack_from("<i", reply, 8)[0] == struct.unpack_from("<i", find, 4)[0]
+        assert b"\x01ok\x00" in reply
+        assert proxy.stats.values()[f"mongo.{PREFIX}.cmd.find.delay_injected"] == 1
