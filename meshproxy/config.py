@@ -199,28 +199,7 @@ class MeshConfig(_Model):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:
-        problems: list[tuple[Location, str]] = []
-        names = [c.name for c in self.clusters]
-        for index, listener in enumerate(self.listeners):
-            if listener.cluster not in names:
-                problems.append(
-                    (
-                        ("listeners", index, "cluster"),
-                        f"unknown cluster {listener.cluster!r} (defined clusters: {', '.join(names)})",
-                    )
-                )
-        for kind, items in (("listeners", [x.name for x in self.listeners]), ("clusters", names)):
-            first: dict[str, int] = {}
-            for index, name in enumerate(items):
-                if name in first:
-                    problems.append(
-                        (
-                            (kind, index, "name"),
-                            f"duplicate {kind[:-1]} name {name!r} (already used by {kind}[{first[name]}])",
-                        )
-                    )
-                else:
-                    first[name] = index
+        problems = _reference_problems([(x.name, x.cluster) for x in self.listeners], [c.name for c in self.clusters])
         if problems:
             raise _LocatedError(problems)
         return self
@@ -399,23 +378,76 @@ _BOUNDS = {
 """Numeric bound errors: the pydantic error type, the key of its limit in ``ctx``, and how to say it."""
 
 
+def _reference_problems(listeners: list[tuple[Any, Any]], clusters: list[Any]) -> list[tuple[Location, str]]:
+    """Unknown cluster references and duplicate names, each at its own path.
+
+    Takes plain ``(name, cluster)`` pairs rather than models so that :func:`_validate` can run the same
+    checks on the raw mapping when other fields fail: a file with a typo in a duration *and* a dangling
+    cluster reference then gets both reported at once, not one per attempt. Values that are not strings
+    are skipped (they already have a type error of their own).
+    """
+    problems: list[tuple[Location, str]] = []
+    names = [name for name in clusters if isinstance(name, str)]
+    if len(names) == len(clusters):  # with an unnamed cluster, any reference might have been meant for it
+        for index, (_, cluster) in enumerate(listeners):
+            if isinstance(cluster, str) and cluster not in names:
+                problems.append(
+                    (
+                        ("listeners", index, "cluster"),
+                        f"unknown cluster {cluster!r} (defined clusters: {', '.join(names)})",
+                    )
+                )
+    for kind, items in (("listeners", [name for name, _ in listeners]), ("clusters", clusters)):
+        first: dict[str, int] = {}
+        for index, name in enumerate(items):
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                problems.append(
+                    (
+                        (kind, index, "name"),
+                        f"duplicate {kind[:-1]} name {name!r} (already used by {kind}[{first[name]}])",
+                    )
+                )
+            else:
+                first[name] = index
+    return problems
+
+
+def _raw_reference_problems(data: Any) -> list[tuple[Location, str]]:
+    """:func:`_reference_problems` on a mapping that did not validate (best effort, never raises)."""
+    if not isinstance(data, dict):
+        return []
+    listeners, clusters = data.get("listeners"), data.get("clusters")
+    if not isinstance(listeners, list) or not isinstance(clusters, list) or not clusters:
+        return []
+    pairs = [(x.get("name"), x.get("cluster")) if isinstance(x, dict) else (None, None) for x in listeners]
+    return _reference_problems(pairs, [c.get("name") if isinstance(c, dict) else None for c in clusters])
+
+
 def _validate(data: Any, source: str, marks: dict[Location, tuple[int, int]] | None) -> MeshConfig:
     try:
         return MeshConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            for location, message in _describe_error(error):
-                where = source
-                if marks:
-                    # The nearest enclosing node that exists in the file (a missing field has no line).
-                    for end in range(len(location), -1, -1):
-                        if location[:end] in marks:
-                            line, column = marks[location[:end]]
-                            where = f"{source}:{line}:{column}"
-                            break
-                lines.append(f"{where}: {_format_location(location)}: {message}")
-        raise ConfigError("\n".join(lines)) from None
+        problems = [problem for error in exc.errors() for problem in _describe_error(error)]
+        # The cross-field checks run only once every field is valid; run them on the raw data too so
+        # that one attempt reports everything. A problem already reported at a path is not repeated.
+        reported = {location for location, _ in problems}
+        problems += [p for p in _raw_reference_problems(data) if p[0] not in reported]
+        lines: list[tuple[tuple[int, int], str]] = []
+        for location, message in problems:
+            where, position = source, (0, 0)
+            if marks:
+                # The nearest enclosing node that exists in the file (a missing field has no line).
+                for end in range(len(location), -1, -1):
+                    if location[:end] in marks:
+                        position = marks[location[:end]]
+                        where = f"{source}:{position[0]}:{position[1]}"
+                        break
+            lines.append((position, f"{where}: {_format_location(location)}: {message}"))
+        # In file order, as an editor would walk them (stable: without a file, pydantic's order stays).
+        lines.sort(key=lambda item: item[0])
+        raise ConfigError("\n".join(text for _, text in lines)) from None
 
 
 def config_from_dict(data: Any, *, source: str = "<config>") -> MeshConfig:

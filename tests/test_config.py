@@ -396,6 +396,36 @@ def test_duplicate_cluster_and_listener_names_are_reported_at_the_second_name() 
     )
 
 
+
+def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_file_order(
+    tmp_path: Path,
+) -> None:
+    text = MINIMAL.replace("cluster: mongo", "cluster: mongodb").replace(
+        '    hosts: ["127.0.0.1:27017"]\n', '    hosts: ["127.0.0.1:27017"]\n    colour: red\n'
+    ) + "drain_timeout: soon\n"
+    path = tmp_path / "mesh.yaml"
+    assert load_error(tmp_path, text).splitlines() == [
+        f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
+        f"{path}:8:5: clusters[0].colour: unknown field 'colour' (known fields: name, hosts, connect_timeout)",
+        f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
+    ]
+
+
+def test_a_duplicate_name_is_reported_together_with_field_errors() -> None:
+    data = minimal(address="nowhere")
+    data["clusters"].append({"name": "mongo", "hosts": ["127.0.0.1:27020"]})
+    assert [line.split(": ")[1] for line in dict_error(data).splitlines()] == [
+        "listeners[0].address",
+        "clusters[1].name",
+    ]
+
+
+def test_a_cluster_without_a_name_does_not_also_make_every_reference_unknown() -> None:
+    data = minimal()
+    data["clusters"][0].pop("name")
+    assert dict_error(data) == "mesh.yaml: clusters[0].name: required field 'name' is missing"
+
+
 # -- the file itself -------------------------------------------------------------------------------------
 
 
