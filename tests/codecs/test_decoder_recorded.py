@@ -15,6 +15,7 @@ from conftest import SCENARIOS
 
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.mongo import (
+    EXHAUST_ALLOWED,
     MORE_TO_COME,
     Compressor,
     MongoDecoder,
@@ -24,6 +25,7 @@ from meshproxy.codecs.mongo import (
     OpQuery,
     OpReply,
     encode,
+    summarize_reply,
 )
 
 Decode = Callable[[bytes], list[MongoMessage]]
@@ -37,6 +39,8 @@ EXPECTED_REQUESTS: dict[str, list[tuple[str, str, str | None]]] = {
     + [("endSessions", "admin", None)],
     "find_getmore": [("ismaster", "admin", None), ("insert", "app", "items"), ("find", "app", "items")]
     + [("getMore", "app", None)] * 3 + [("endSessions", "admin", None)],
+    "exhaust": [("ismaster", "admin", None), ("insert", "app", "stream"), ("find", "app", "stream"),
+                ("getMore", "app", None), ("endSessions", "admin", None)],
     "kill_cursors": [("ismaster", "admin", None), ("insert", "app", "logs"), ("find", "app", "logs"),
                      ("killCursors", "app", "logs"), ("endSessions", "admin", None)],
     "bulk_write": [("ismaster", "admin", None), ("insert", "app", "orders"), ("update", "app", "orders"),
@@ -95,13 +99,31 @@ def test_encoding_a_decoded_message_gives_back_its_wire_bytes(
         assert encode(message) == message.raw
 
 
-@pytest.mark.parametrize("scenario", sorted(EXPECTED_REQUESTS))
+@pytest.mark.parametrize("scenario", sorted(set(EXPECTED_REQUESTS) - {"exhaust"}))
 def test_every_reply_answers_the_request_before_it(scenario: str, recorded: Recorded, decode_all: Decode) -> None:
     requests = decode_all(recorded(scenario, "c2s"))
     replies = decode_all(recorded(scenario, "s2c"))
     answered = [r.header.request_id for r in requests if not (isinstance(r, OpMsg) and r.more_to_come)]
     assert [r.header.response_to for r in replies] == answered
     assert all(r.header.response_to == 0 for r in requests)
+
+
+def test_exhaust_getmore_is_answered_by_replies_flagged_more_to_come_until_the_last(
+    recorded: Recorded, decode_all: Decode
+) -> None:
+    requests = decode_all(recorded("exhaust", "c2s"))
+    replies = decode_all(recorded("exhaust", "s2c"))
+    get_more = requests[3]
+    assert isinstance(get_more, OpMsg)
+    assert get_more.flag_bits == EXHAUST_ALLOWED
+    assert get_more.exhaust_allowed
+    streamed = replies[3:7]
+    assert all(isinstance(r, OpMsg) for r in streamed)
+    assert [r.more_to_come for r in streamed if isinstance(r, OpMsg)] == [True, True, True, False]
+    # SecantusDB answers every streamed reply to the getMore itself (mongod chains them to the previous
+    # reply); a proxy must accept both, so the codec keeps responseTo as sent.
+    assert {r.header.response_to for r in streamed} == {get_more.header.request_id}
+    assert [summarize_reply(r).num_docs for r in streamed] == [3, 3, 1, 0]
 
 
 def test_insert_many_split_into_batches_decodes_to_one_op_msg_per_batch(
