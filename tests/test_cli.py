@@ -280,7 +280,10 @@ def drive_and_stop(process: subprocess.Popen[str], listen_port: int, admin_port:
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=10)
-    return {"found": found, "stats": (status, stats), "exit": code, "stop_seconds": time.monotonic() - started}
+    stopped = time.monotonic() - started
+    assert process.stderr is not None
+    log = process.stderr.read()  # the process has exited: the pipe is at its end, this cannot block
+    return {"found": found, "stats": (status, stats), "exit": code, "stop_seconds": stopped, "log": log}
 
 
 @pytest.mark.integration
@@ -297,6 +300,8 @@ def test_sidecar_process_proxies_counts_logs_and_exits_0_on_sigterm(
     with running(argv, admin) as process:
         seen = drive_and_stop(process, listen, admin, "cli")
     assert seen["found"] == [0, 1, 2, 3, 4]
+    assert f"on 127.0.0.1:{listen}" in seen["log"]  # the listener address, logged on start
+    assert f"127.0.0.1:{admin}" in seen["log"]
     assert seen["stats"] == (200, "mongo.cli.cmd.insert.total: 5\n")
     assert seen["exit"] == 0
     assert seen["stop_seconds"] < 5
@@ -333,6 +338,8 @@ drain_timeout: 2s
     with running(["run", "-c", str(config)], admin) as process:
         seen = drive_and_stop(process, listen, admin, "yaml")
     assert seen["found"] == [0, 1, 2, 3, 4]
+    assert f"on 127.0.0.1:{listen}" in seen["log"]
+    assert f"127.0.0.1:{admin}" in seen["log"]
     assert seen["stats"] == (200, "mongo.yaml.cmd.insert.total: 5\n")
     assert seen["exit"] == 0
     assert seen["stop_seconds"] < 5
