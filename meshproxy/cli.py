@@ -75,7 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshproxy {__version__}")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="least severe log messages written to stderr (default info)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -128,7 +129,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     mongo.add_argument("--no-filters", action="store_true", help="decode and forward only: no L7 filters at all")
 
-    for name, text in (("run", "run the proxy described by a YAML file"), ("check", "validate a YAML file only")):
+    for name, text in (
+        ("run", "run the proxy described by a YAML file"),
+        ("check", "validate a YAML file and print a one-line summary; start nothing"),
+    ):
         command = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         command.add_argument("-c", "--config", required=True, metavar="FILE.yaml", help="configuration file")
     return parser
