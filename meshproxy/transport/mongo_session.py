@@ -56,6 +56,11 @@ class MongoSession(Relay):
         self._held: list[MongoMessage] | None = None
         self._held_passthrough: list[bytes] = []
         """Undecoded bytes (``passthrough``) that arrived while requests were held: they go after them."""
+        self._stream_key: dict[int, int] = {}
+        """Streamed replies (``moreToCome``): the requestID that opened the stream -> the key it is pending
+        under now (the last reply's requestID). See ``_match_streamed``."""
+        self._stream_origin: dict[int, int] = {}
+        """The reverse: the key a stream is pending under -> the requestID that opened it."""
         self._eof_after_held = False
         """The client half-closed while requests were held: pass the EOF upstream once they are sent."""
         """Requests waiting behind a delayed one (None when nothing is delayed)."""
@@ -182,7 +187,11 @@ class MongoSession(Relay):
         out: list[bytes] = []
         for message in messages:
             header = message.header
-            op = pending.pop(header.response_to, None)
+            key = header.response_to
+            op = pending.pop(key, None)
+            if op is None and self._stream_key:
+                key = self._stream_key.get(key, key)
+                op = pending.pop(key, None)
             if op is None:
                 self.mongo_stats.unexpected_reply.inc()
                 out.append(message.raw)
@@ -192,6 +201,8 @@ class MongoSession(Relay):
             op.replies += 1
             op.finished_ns = now
             self._run_response_filters(op, self.filters)
+            if op.more_to_come or self._stream_origin:
+                self._track_stream(key, header.request_id, op.more_to_come)
             if op.more_to_come:
                 pending[header.request_id] = op
             else:
@@ -201,6 +212,21 @@ class MongoSession(Relay):
         self.send_downstream(_join(out))
         if self._draining:
             self._maybe_drain_close()
+
+    def _track_stream(self, matched_key: int, request_id: int, more_to_come: bool) -> None:
+        """Remember where a stream of replies started, so that its next reply is matched either way.
+
+        The wire protocol says each reply after a ``moreToCome`` reply answers the previous reply's
+        requestID. Some servers (SecantusDB 0.7, for exhaust cursors and streamed ``hello``) keep answering
+        the requestID that opened the stream instead. Unmatched, such replies would pass unseen: no stats,
+        and a streamed ``hello`` would reach the driver unrewritten, sending it to the server's own address.
+        """
+        origin = self._stream_origin.pop(matched_key, matched_key)
+        if more_to_come:
+            self._stream_origin[request_id] = origin
+            self._stream_key[origin] = request_id
+        else:
+            self._stream_key.pop(origin, None)
 
     def _run_response_filters(self, op: MongoOperation, filters: list[MongoFilter]) -> None:
         for f in reversed(filters):
@@ -314,5 +340,7 @@ class MongoSession(Relay):
         if self.pending:
             self._requests_finished(len(self.pending))
         self.pending.clear()
+        self._stream_key.clear()
+        self._stream_origin.clear()
         self._held = None
         self._held_passthrough.clear()

@@ -7,12 +7,14 @@ to SecantusDB behind the proxy's back.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from pymongo import (
     ASCENDING,
     DESCENDING,
+    CursorType,
     DeleteMany,
     DeleteOne,
     InsertOne,
@@ -25,7 +27,7 @@ from pymongo.errors import OperationFailure
 
 from meshproxy.proxy import ProxyThread
 
-from .support import PREFIX, admin_view
+from .support import PREFIX, admin_view, client_for
 
 pytestmark = pytest.mark.integration
 
@@ -263,3 +265,47 @@ def test_the_driver_stays_on_the_sidecar_though_the_server_advertises_its_own_po
     assert stat(sidecar, "topology_rewrite") > 0
     # Every operation crossed the proxy: the insert and nothing behind its back.
     assert stat(sidecar, "db.workloads.collection.probe.cmd.insert.total") == 1
+
+
+def test_an_exhaust_cursor_streams_through_the_sidecar_and_every_reply_is_counted(
+    client: Client, sidecar: ProxyThread
+) -> None:
+    """With ``CursorType.EXHAUST`` the server streams the getMore's batches as ``moreToCome`` replies.
+
+    SecantusDB answers every streamed reply to the getMore's own requestID (the wire protocol says: to
+    the previous reply's), so the sidecar must match both ways; an unmatched reply would pass unseen.
+    """
+    numbers = client.workloads.exhausted
+    numbers.drop()
+    numbers.insert_many([{"_id": i} for i in range(100)])
+
+    ids = [d["_id"] for d in numbers.find({}, sort=[("_id", ASCENDING)], batch_size=10, cursor_type=CursorType.EXHAUST)]
+
+    assert ids == list(range(100))
+    assert stat(sidecar, "unexpected_reply") == 0
+    assert stat(sidecar, "cmd.getMore.total") == 1  # one request, answered by a stream of replies
+    # 90 documents after the find's batch: 9 streamed batches with moreToCome, and a last empty one.
+    view = admin_view(sidecar)
+    assert view.sample_sum("meshproxy_mongo_cmd_reply_num_docs_count", command="getMore") == 10
+    assert view.sample_sum("meshproxy_mongo_cmd_reply_num_docs_sum", command="getMore") == 90
+    assert stat(sidecar, "cursor.opened") == 1
+    assert stat(sidecar, "cursor.exhausted") == 1
+
+
+def test_the_driver_stays_on_the_sidecar_across_streamed_heartbeats(
+    sidecar: ProxyThread, secantus: tuple[str, int]
+) -> None:
+    """pymongo's monitor parks an awaitable ``hello`` and the server streams a reply each heartbeat. Each
+    streamed reply must be rewritten too, or the driver learns the server's own address and leaves."""
+    proxy_address = sidecar.listener_address(PREFIX)
+    with client_for(proxy_address, heartbeatFrequencyMS=500) as mongo:
+        mongo.workloads.heartbeats.insert_one({"_id": 1})
+        deadline = time.monotonic() + 5
+        while stat(sidecar, "op_reply_more_to_come") < 3:
+            assert time.monotonic() < deadline, "no streamed heartbeats came"
+            time.sleep(0.05)
+        assert mongo.workloads.heartbeats.find_one() == {"_id": 1}
+        assert mongo.address == proxy_address
+        assert set(mongo.topology_description.server_descriptions()) == {proxy_address}
+    assert stat(sidecar, "unexpected_reply") == 0
+    assert stat(sidecar, "topology_rewrite") >= 4  # the handshakes, and each streamed heartbeat
