@@ -212,7 +212,10 @@ class CompressingStage:
             choice = pair.announce.pop(header.response_to, None)
             compressor = pair.compress.pop(header.response_to, None)
             if compressor is not None and isinstance(reply, OpMsg) and reply.flag_bits & MORE_TO_COME:
-                pair.compress[header.request_id] = compressor  # the next reply of the stream answers this one
+                # The next reply of the stream answers this one (the wire protocol) or, from SecantusDB,
+                # the request that opened the stream again: keep both.
+                pair.compress[header.request_id] = compressor
+                pair.compress[header.response_to] = compressor
         if choice is not None:
             reply = announce(reply, choice)
             self.negotiated[choice] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pymongo import CursorType
 
 from meshproxy.proxy import ProxyThread
 
@@ -45,6 +46,9 @@ def test_crud_with_compression_crosses_the_sidecar_compressed_and_is_counted_by_
         assert coll.delete_one({"_id": 39}).deleted_count == 1
         assert sorted(d["_id"] for d in coll.find({"text": "short"})) == list(range(10))
         assert [d["_id"] for d in coll.find({}, sort=[("_id", 1)], batch_size=5)] == list(range(39))
+        # An exhaust cursor: one compressed getMore answered by a stream of compressed replies.
+        exhaust = coll.find({}, sort=[("_id", 1)], batch_size=5, cursor_type=CursorType.EXHAUST)
+        assert [d["_id"] for d in exhaust] == list(range(39))
         assert mongo.address == proxy.listener_address(PREFIX)
 
     values = proxy.stats.values()
@@ -56,16 +60,19 @@ def test_crud_with_compression_crosses_the_sidecar_compressed_and_is_counted_by_
     # The stage negotiated X, decompressed every request the sidecar counted, and compressed each reply.
     assert stage.negotiated[compressor] >= 1
     assert stage.decompressed == {compressor: counted}
-    assert stage.compressed == {compressor: counted}
+    # Each compressed request got one compressed reply, except the exhaust getMore, which got a stream
+    # of 8: six batches of 5 and one of 4 flagged moreToCome, then an empty last batch (cursor id 0).
+    assert stage.compressed == {compressor: counted + 7}
     assert stage.errors == []
     # The sidecar read the commands inside the compressed messages.
     namespace = f"{P}.db.compression_it.collection.{name}.cmd"
     assert values[f"{namespace}.insert.total"] == 1
     assert values[f"{namespace}.update.total"] == 1
     assert values[f"{namespace}.delete.total"] == 1
-    assert values[f"{namespace}.find.total"] == 3
+    assert values[f"{namespace}.find.total"] == 4
+    assert values[f"{P}.unexpected_reply"] == 0
     # 39 documents in batches of 5: find brings 5, then six full getMores and a last one of 4 that ends it.
-    assert values[f"{namespace}.getMore.total"] == 7
+    assert values[f"{namespace}.getMore.total"] == 7 + 1  # and the exhaust cursor's single getMore
     assert values[f"{P}.decoding_error"] == 0
 
 
