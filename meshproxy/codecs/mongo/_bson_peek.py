@@ -187,28 +187,59 @@ def first_value_if_string(data: bytes) -> str | None:
     return _string_value(data, name_end + 1)
 
 
-def top_level_string(data: bytes, key: str) -> str | None:
-    """A top-level string field, or None when absent or not a string."""
-    if key == "$db":
-        # Drivers put $db last; when the last element is a string named $db, it is certainly top-level
-        # (anything nested ends before its own document's terminator), so one rfind answers.
-        pos = data.rfind(b"\x02$db\x00")
-        if pos > 4 and pos + 9 <= len(data):
-            length = _INT32(data[pos + 5 : pos + 9], "little", signed=True)
-            if pos + 9 + length == len(data) - 1 and length >= 1 and data[-2] == 0:
-                return _string_value(data, pos + 5)
-    for kind, name, start, _ in elements(data):
-        if name == key:
-            return _string_value(data, start) if kind == STRING else None
+def _find_element(data: bytes, key: str) -> tuple[int, int, int] | None:
+    """(type, value start, value end) of the top-level element named ``key``, or None.
+
+    Compares raw name bytes while walking, so no name is decoded. No shortcut such as ``rfind`` of the
+    element's bytes: a string value may contain NUL bytes, so a look-alike of a ``$db`` element inside
+    another value would be taken for the real field; only a walk knows where elements begin.
+    """
+    target = key.encode()
+    size_of_target = len(target)
+    end = check_document(data) - 1
+    pos = 4
+    find = data.find
+    fixed = _FIXED_SIZE
+    while pos < end:
+        kind = data[pos]
+        name_end = find(b"\x00", pos + 1, end)
+        if name_end < 0:
+            raise _invalid("element name is not terminated")
+        start = name_end + 1
+        size = fixed.get(kind)
+        if size is not None:
+            stop = start + size
+            if stop > end:
+                raise _invalid("element runs past the end of its document")
+        elif kind == STRING and end - start >= 5:
+            # Inlined for the common case; value_end() has the same checks.
+            stop = start + 4 + _INT32(data[start : start + 4], "little", signed=True)
+            if stop <= start + 4 or stop > end or data[stop - 1] != 0:
+                raise _invalid("bad string length")
+        else:
+            stop = value_end(data, kind, start, end)
+        if name_end - pos - 1 == size_of_target and data[pos + 1 : name_end] == target:
+            return kind, start, stop
+        pos = stop
+    if pos != end:
+        raise _invalid("elements overrun the document")
     return None
+
+
+def top_level_string(data: bytes, key: str) -> str | None:
+    """A top-level string field, or None when absent or not a string (a short walk of element headers)."""
+    found = _find_element(data, key)
+    if found is None or found[0] != STRING:
+        return None
+    return _string_value(data, found[1])
 
 
 def top_level_document(data: bytes, key: str) -> bytes | None:
     """The raw bytes of a top-level embedded document or array, or None."""
-    for kind, name, start, stop in elements(data):
-        if name == key:
-            return data[start:stop] if kind in (DOCUMENT, ARRAY) else None
-    return None
+    found = _find_element(data, key)
+    if found is None or found[0] not in (DOCUMENT, ARRAY):
+        return None
+    return data[found[1] : found[2]]
 
 
 _OPTIONS: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(
