@@ -201,9 +201,10 @@ class MongoSession(Relay):
             op.replies += 1
             op.finished_ns = now
             self._run_response_filters(op, self.filters)
-            if op.more_to_come or self._stream_origin:
-                self._track_stream(key, header.request_id, op.more_to_come)
-            if op.more_to_come:
+            more_to_come = op.more_to_come
+            if more_to_come or self._stream_origin:
+                self._track_stream(key, header.request_id, more_to_come)
+            if more_to_come:
                 pending[header.request_id] = op
             else:
                 self._requests_finished(1)
