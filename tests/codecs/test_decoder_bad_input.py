@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from meshproxy.codecs.errors import DecodeError
-from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, OpMsg
+from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, OpMsg, OpReply
 
 Decode = Callable[[bytes], list[MongoMessage]]
 Recorded = Callable[[str, str], bytes]
@@ -145,6 +145,30 @@ def test_invalid_document_in_a_sequence_is_refused(recorded: Recorded, decode_al
     data = bytearray(insert.raw)
     first_doc = insert.raw.index(insert.sequences[0].documents[0])
     struct.pack_into("<i", data, first_doc, 3)
+    assert _refused(bytes(data)).reason == "invalid_bson"
+
+
+def test_corrupt_element_type_inside_a_sequence_document_is_invalid_bson(
+    recorded: Recorded, decode_all: Decode
+) -> None:
+    """Framing intact (length prefix and NUL fit), only an element type broken: the walk must catch it."""
+    insert = decode_all(recorded("insert_many", "c2s"))[1]
+    assert isinstance(insert, OpMsg)
+    data = bytearray(insert.raw)
+    first_doc = insert.raw.index(insert.sequences[0].documents[0])
+    data[first_doc + 4] = 0x42  # type byte of the document's first element
+    assert _refused(bytes(data)).reason == "invalid_bson"
+    # A decoder told not to walk documents (a proxy's reply side) checks framing only.
+    assert len(MongoDecoder(validate_documents=False).feed(bytes(data))) == 1
+
+
+def test_corrupt_element_type_inside_an_op_reply_document_is_invalid_bson(
+    recorded: Recorded, decode_all: Decode
+) -> None:
+    reply = decode_all(recorded("legacy_handshake", "s2c"))[0]
+    assert isinstance(reply, OpReply)
+    data = bytearray(reply.raw)
+    data[36 + 4] = 0x42  # first element type of the first returned document
     assert _refused(bytes(data)).reason == "invalid_bson"
 
 

@@ -102,10 +102,10 @@ def _command_document(data: bytes, start: int, end: int, walk: bool) -> tuple[by
     return document, stop, decoded
 
 
-def _documents(data: bytes, start: int, end: int) -> list[bytes]:
+def _documents(data: bytes, start: int, end: int, walk: bool) -> list[bytes]:
     documents = []
     while start < end:
-        document, start = _document(data, start, end)
+        document, start = _document(data, start, end, walk=walk)
         documents.append(document)
     return documents
 
@@ -146,7 +146,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: b
             if size < 5 or stop > end:
                 raise _error("invalid_sections", f"document sequence size {size} does not fit")
             identifier, doc_start = _cstring(data, pos + 4, stop)
-            sequences.append(DocumentSequence(identifier, _documents(data, doc_start, stop)))
+            sequences.append(DocumentSequence(identifier, _documents(data, doc_start, stop, walk)))
             pos = stop
         else:
             raise _error("invalid_sections", f"unknown OP_MSG section kind {kind}")
@@ -167,18 +167,18 @@ def _parse_op_query(header: MsgHeader, data: bytes, walk: bool = True) -> OpQuer
     query, pos, decoded = _command_document(data, pos + 8, end, walk)
     selector = None
     if pos < end:
-        selector, pos = _document(data, pos, end)
+        selector, pos = _document(data, pos, end, walk=walk)
     if pos != end:
         raise _error("trailing_bytes", "OP_QUERY has bytes after its documents")
     return OpQuery(header, flags, namespace, skip, to_return, query, selector, data, decoded)
 
 
-def _parse_op_reply(header: MsgHeader, data: bytes) -> OpReply:
+def _parse_op_reply(header: MsgHeader, data: bytes, walk: bool = True) -> OpReply:
     end = header.message_length
     if end < 36:
         raise _error("truncated", "OP_REPLY too short")
     flags, cursor_id, starting_from, number_returned = struct.unpack_from("<iqii", data, 16)
-    documents = _documents(data, 36, end)
+    documents = _documents(data, 36, end, walk)
     if len(documents) != number_returned:
         raise _error(
             "invalid_reply", f"OP_REPLY says {number_returned} documents and holds {len(documents)}"
@@ -186,7 +186,7 @@ def _parse_op_reply(header: MsgHeader, data: bytes) -> OpReply:
     return OpReply(header, flags, cursor_id, starting_from, number_returned, documents, data)
 
 
-def _parse_legacy(header: MsgHeader, data: bytes) -> PlainMessage:
+def _parse_legacy(header: MsgHeader, data: bytes, walk: bool = True) -> PlainMessage:
     op_code = header.op_code
     end = header.message_length
     if op_code == OpCode.INSERT:
@@ -194,7 +194,7 @@ def _parse_legacy(header: MsgHeader, data: bytes) -> PlainMessage:
             raise _error("truncated", "OP_INSERT too short")
         flags = _INT32.unpack_from(data, 16)[0]
         namespace, pos = _cstring(data, 20, end)
-        return OpInsert(header, flags, namespace, _documents(data, pos, end), data)
+        return OpInsert(header, flags, namespace, _documents(data, pos, end, walk), data)
     if end < 21:
         raise _error("truncated", f"opcode {op_code} message too short")
     namespace, pos = _cstring(data, 20, end)
@@ -202,8 +202,8 @@ def _parse_legacy(header: MsgHeader, data: bytes) -> PlainMessage:
         if end - pos < 4:
             raise _error("truncated", "OP_UPDATE too short")
         flags = _INT32.unpack_from(data, pos)[0]
-        selector, pos = _document(data, pos + 4, end)
-        update, pos = _document(data, pos, end)
+        selector, pos = _document(data, pos + 4, end, walk=walk)
+        update, pos = _document(data, pos, end, walk=walk)
         if pos != end:
             raise _error("trailing_bytes", "OP_UPDATE has bytes after its documents")
         return OpUpdate(header, namespace, flags, selector, update, data)
@@ -211,7 +211,7 @@ def _parse_legacy(header: MsgHeader, data: bytes) -> PlainMessage:
         if end - pos < 4:
             raise _error("truncated", "OP_DELETE too short")
         flags = _INT32.unpack_from(data, pos)[0]
-        selector, pos = _document(data, pos + 4, end)
+        selector, pos = _document(data, pos + 4, end, walk=walk)
         if pos != end:
             raise _error("trailing_bytes", "OP_DELETE has bytes after its selector")
         return OpDelete(header, namespace, flags, selector, data)
@@ -245,8 +245,9 @@ class MongoDecoder:
         verify_checksum: bool = True,
         validate_documents: bool = True,
     ) -> None:
-        """``validate_documents`` walks the top-level elements of every command document (OP_MSG body,
-        OP_QUERY query) so that malformed BSON is refused here rather than forwarded. A proxy keeps it on
+        """``validate_documents`` walks the top-level elements of every document a message exposes (OP_MSG
+        body and kind-1 sequence documents, OP_QUERY query and selector, OP_REPLY documents, the legacy
+        writes' documents) so that malformed BSON is refused here rather than forwarded. A proxy keeps it on
         for what clients send and may turn it off for what its own upstream answers, where the framing is
         still checked and filters validate whatever part of a reply they read."""
         if max_message_size < HEADER_SIZE:
@@ -357,9 +358,9 @@ def _parse_plain(header: MsgHeader, data: bytes, verify_checksum: bool, walk: bo
     if op_code == OpCode.QUERY:
         return _parse_op_query(header, data, walk)
     if op_code == OpCode.REPLY:
-        return _parse_op_reply(header, data)
+        return _parse_op_reply(header, data, walk)
     if op_code in (OpCode.INSERT, OpCode.UPDATE, OpCode.DELETE, OpCode.GET_MORE):
-        return _parse_legacy(header, data)
+        return _parse_legacy(header, data, walk)
     if op_code == OpCode.KILL_CURSORS:
         return _parse_kill_cursors(header, data)
     raise _error("unknown_opcode", f"opcode {op_code}")
