@@ -125,7 +125,7 @@ def _parse_op_msg(header: MsgHeader, data: bytes, verify_checksum: bool, walk: b
         if end < 21:
             raise _error("truncated", "OP_MSG too short for its checksum")
         checksum = _UINT32.unpack_from(data, end)[0]
-        if verify_checksum and crc32c.crc32c(data[:end]) != checksum:
+        if verify_checksum and crc32c.crc32c(memoryview(data)[:end]) != checksum:  # no copy
             raise _error("bad_checksum", "OP_MSG CRC-32C does not match its contents")
     body: bytes | None = None
     decoded: dict[str, Any] | None = None
