@@ -140,18 +140,3 @@ def test_drain_lets_a_find_slow_at_the_server_finish_and_refuses_new_connections
 
     drain_while_a_find_is_in_flight(sidecar_config(secantus), block_the_next_find_at_the_server)
 
-
-def test_drain_lets_a_find_held_by_a_fault_delay_finish(secantus: tuple[str, int]) -> None:
-    config = sidecar_config(
-        secantus,
-        filters=[
-            {"type": "stats"},
-            {
-                "type": "fault",
-                "delay": {"duration": f"{SLOW_SECONDS}s", "percentage": 100},
-                "match": {"command": ["find"]},
-            },
-            {"type": "topology_rewrite"},
-        ],
-    )
-    drain_while_a_find_is_in_flight(config, lambda: None)
