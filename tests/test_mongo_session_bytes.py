@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import bson
+import pymongo
 import pytest
 from bson import CodecOptions
 from pymongo import message as pymongo_message
@@ -21,6 +22,7 @@ from secantus import SecantusDBServer
 
 from meshproxy.codecs.mongo import MongoDecoder, OpMsg
 from meshproxy.config import mongo_sidecar_config
+from meshproxy.filters.mongo.api import MongoFilter, MongoOperation
 from meshproxy.proxy import ProxyThread
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,23 @@ def test_a_hello_reply_changed_by_the_topology_filter_is_re_encoded_and_the_rest
     assert to_client[0].header.response_to == 7
     assert to_client[1].raw == from_server[1].raw  # the ping reply is untouched
 
+
+
+class _BrokenFilter(MongoFilter):
+    """A filter with a bug: it raises on every reply."""
+
+    def on_response(self, op: MongoOperation) -> None:
+        raise RuntimeError("bug in a filter")
+
+
+def test_a_filter_that_raises_costs_the_client_nothing_and_is_counted(server: SecantusDBServer) -> None:
+    config = mongo_sidecar_config(listen=("127.0.0.1", 0), upstream=server.address, admin=None, stat_prefix="oops")
+    with ProxyThread(config) as proxy:
+        proxy.proxy.listeners["oops"].mongo_filters.append(_BrokenFilter())
+        host, port = proxy.listener_address("oops")
+        with pymongo.MongoClient(f"mongodb://{host}:{port}", serverSelectionTimeoutMS=3000) as client:
+            client.t.broken.insert_one({"_id": "kept"})
+            assert client.t.broken.find_one({"_id": "kept"}) == {"_id": "kept"}
+        stats = proxy.stats.values()
+    assert stats["mongo.oops.filter_error"] >= 2
+    assert stats["mongo.oops.cmd.insert.total"] == 1
