@@ -54,16 +54,16 @@ class MongoSession(Relay):
         self.passthrough = False
         """Set after a decode error under the ``passthrough`` policy: bytes flow untouched from then on."""
         self._held: list[MongoMessage] | None = None
+        """Requests waiting behind a delayed one (None when nothing is delayed)."""
         self._held_passthrough: list[bytes] = []
         """Undecoded bytes (``passthrough``) that arrived while requests were held: they go after them."""
         self._stream_key: dict[int, int] = {}
         """Streamed replies (``moreToCome``): the requestID that opened the stream -> the key it is pending
-        under now (the last reply's requestID). See ``_match_streamed``."""
+        under now (the last reply's requestID). See ``_track_stream``."""
         self._stream_origin: dict[int, int] = {}
         """The reverse: the key a stream is pending under -> the requestID that opened it."""
         self._eof_after_held = False
         """The client half-closed while requests were held: pass the EOF upstream once they are sent."""
-        """Requests waiting behind a delayed one (None when nothing is delayed)."""
         self._delay_handle: asyncio.TimerHandle | None = None
         self._draining = False
 

@@ -16,29 +16,27 @@ tuple) and a handful of counter increments. The request document is never decode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import bson
-from bson import CodecOptions
-from bson.raw_bson import RawBSONDocument
 
 from meshproxy.codecs.mongo import (
     EXHAUST_ALLOWED,
     MORE_TO_COME,
-    QUERY_AWAIT_DATA,
-    QUERY_EXHAUST,
-    QUERY_NO_CURSOR_TIMEOUT,
-    QUERY_TAILABLE_CURSOR,
     Compressor,
     OpCompressed,
     OpGetMore,
-    OpKillCursors,
     OpMsg,
     OpQuery,
-    OpReply,
     summarize_reply,
+)
+from meshproxy.filters.mongo._error_names import code_name, write_error_name
+from meshproxy.filters.mongo._query_shape import (
+    MULTI_GET,
+    SCATTER_GET,
+    killed_cursor_count,
+    query_info,
+    reply_payload_size,
 )
 from meshproxy.filters.mongo.api import ConnectionInfo, MongoFilter, MongoOperation
 from meshproxy.stats import StatsError
@@ -71,8 +69,6 @@ collection (command ``query``)."""
 
 GET_MORE_COMMANDS = frozenset({"getMore"})
 
-_RAW = CodecOptions(document_class=RawBSONDocument)
-"""Decode lazily: embedded documents stay raw bytes until a key of theirs is asked for."""
 
 _ENVOY_OP_COUNTERS = {
     "insert": "op_insert",
@@ -229,131 +225,6 @@ class _OpState:
     is_query: bool
     is_get_more: bool
     last_ns: int
-
-
-@dataclass(slots=True)
-class _QueryInfo:
-    """The parts of a query Envoy's stats look at."""
-
-    kind: int  # _PRIMARY_KEY, _SCATTER_GET or _MULTI_GET
-    max_time_ms: int
-    callsite: str | None
-    tailable: bool = False
-    await_data: bool = False
-    no_cursor_timeout: bool = False
-    exhaust: bool = False
-
-
-_PRIMARY_KEY = 0
-_SCATTER_GET = 1
-_MULTI_GET = 2
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    return int(value)
-
-
-def _query_kind(query_filter: Any) -> int:
-    """Envoy's classification: no ``_id`` is a scatter get, ``_id: {$in: [...]}`` a multi get."""
-    if not isinstance(query_filter, RawBSONDocument | dict):
-        return _SCATTER_GET
-    id_value = query_filter.get("_id")
-    if id_value is None and "_id" not in query_filter:
-        return _SCATTER_GET
-    if isinstance(id_value, RawBSONDocument | dict) and "$in" in id_value:
-        return _MULTI_GET
-    return _PRIMARY_KEY
-
-
-def _callsite(document: Mapping[str, Any], field_name: str) -> str | None:
-    value = document.get(field_name)
-    if value is None and field_name == "$comment":
-        # The find command spells the legacy ``$comment`` modifier ``comment``.
-        value = document.get("comment")
-    return value if isinstance(value, str) else None
-
-
-SMALL_COMMAND = 2048
-"""Below this size pymongo's C decoder reads a whole command faster than a lazy ``RawBSONDocument`` reads
-the few fields a query's stats need (measured on a typical ``find``: 2.4 µs vs 4.7 µs); above it (a filter
-with a long ``$in`` list) decoding everything would cost more with every byte."""
-
-
-def _lazy(data: bytes) -> Mapping[str, Any]:
-    return bson.decode(data) if len(data) <= SMALL_COMMAND else RawBSONDocument(data, _RAW)
-
-
-def _query_info(message: PlainMessage, callsite_field: str) -> _QueryInfo | None:
-    """Read filter, ``maxTimeMS``, comment and cursor flags of a query; None if it cannot be read."""
-    try:
-        if isinstance(message, OpMsg):
-            # The decoder usually decoded a small body already (it validates that way): reuse it.
-            body = message.document() if message._document is not None else _lazy(message.body)
-            return _QueryInfo(
-                kind=_query_kind(body.get("filter")),
-                max_time_ms=_as_int(body.get("maxTimeMS")),
-                callsite=_callsite(body, callsite_field),
-                tailable=body.get("tailable") is True,
-                await_data=body.get("awaitData") is True,
-                no_cursor_timeout=body.get("noCursorTimeout") is True,
-                exhaust=message.exhaust_allowed,
-            )
-        if isinstance(message, OpQuery):
-            flags = message.flags
-            query = _lazy(message.query)
-            if message.is_command:
-                # A find command sent as a ``$cmd`` query (drivers of the MongoDB 3.2-3.4 era).
-                inner = query.get("$query", query)
-                if not isinstance(inner, RawBSONDocument | dict):
-                    inner = query
-                query_filter: Any = inner.get("filter")
-                max_time = _as_int(inner.get("maxTimeMS") or query.get("$maxTimeMS"))
-                callsite = _callsite(inner, callsite_field) or _callsite(query, callsite_field)
-            elif "$query" in query or "query" in query:
-                query_filter = query.get("$query", query.get("query"))
-                max_time = _as_int(query.get("$maxTimeMS"))
-                callsite = _callsite(query, callsite_field)
-            else:
-                query_filter, max_time, callsite = query, 0, None
-            return _QueryInfo(
-                kind=_query_kind(query_filter),
-                max_time_ms=max_time,
-                callsite=callsite,
-                tailable=bool(flags & QUERY_TAILABLE_CURSOR),
-                await_data=bool(flags & QUERY_AWAIT_DATA),
-                no_cursor_timeout=bool(flags & QUERY_NO_CURSOR_TIMEOUT),
-                exhaust=bool(flags & QUERY_EXHAUST),
-            )
-    except Exception:  # invalid BSON inside a message the codec accepted: no query stats, no crash
-        return None
-    return None
-
-
-def _killed_cursor_count(message: PlainMessage) -> int:
-    if isinstance(message, OpKillCursors):
-        return len(message.cursor_ids)
-    body = message.body if isinstance(message, OpMsg) else message.query if isinstance(message, OpQuery) else None
-    if body is None:
-        return 0
-    try:
-        cursors = RawBSONDocument(body, _RAW).get("cursors")
-    except Exception:
-        return 0
-    return len(cursors) if isinstance(cursors, list) else 0
-
-
-def _reply_payload_size(message: PlainMessage) -> int:
-    """Bytes of reply documents (Envoy's ``reply_size``: the documents, not the headers)."""
-    if isinstance(message, OpReply):
-        return sum(len(document) for document in message.documents)
-    if isinstance(message, OpMsg):
-        size = len(message.body)
-        for sequence in message.sequences:
-            size += sum(len(document) for document in sequence.documents)
-        return size
-    return len(message.raw)
 
 
 class MongoStatsFilter(MongoFilter):
@@ -574,7 +445,7 @@ class MongoStatsFilter(MongoFilter):
         if is_query:
             queries = self._count_query(message, collection)
         elif command_name == "killCursors":
-            g.cursor_killed.value += _killed_cursor_count(message)
+            g.cursor_killed.value += killed_cursor_count(message)
         elif type(message) is OpMsg and message.flag_bits & EXHAUST_ALLOWED and command_name == "getMore":
             # Drivers run an exhaust cursor as a plain find, then one getMore allowed to stream the rest.
             g.op_query_exhaust.value += 1
@@ -594,7 +465,7 @@ class MongoStatsFilter(MongoFilter):
 
     def _count_query(self, message: PlainMessage, collection: str | None) -> tuple[_QueryStats, ...]:
         g = self.g
-        info = _query_info(message, self.callsite_field)
+        info = query_info(message, self.callsite_field)
         if info is None:
             return ()
         if info.tailable:
@@ -607,9 +478,9 @@ class MongoStatsFilter(MongoFilter):
             g.op_query_exhaust.inc()
         if info.max_time_ms < 1:
             g.op_query_no_max_time.inc()
-        if info.kind == _SCATTER_GET:
+        if info.kind == SCATTER_GET:
             g.op_query_scatter_get.inc()
-        elif info.kind == _MULTI_GET:
+        elif info.kind == MULTI_GET:
             g.op_query_multi_get.inc()
         if not self.per_collection:
             return ()
@@ -618,9 +489,9 @@ class MongoStatsFilter(MongoFilter):
             targets.append(self._query(_name(collection), info.callsite))
         for stats in targets:
             stats.total.inc()
-            if info.kind == _SCATTER_GET:
+            if info.kind == SCATTER_GET:
                 stats.scatter_get.inc()
-            elif info.kind == _MULTI_GET:
+            elif info.kind == MULTI_GET:
                 stats.multi_get.inc()
         return tuple(targets)
 
@@ -661,7 +532,7 @@ class MongoStatsFilter(MongoFilter):
         if finished_ns:
             state.last_ns = finished_ns
         num_docs = summary.num_docs
-        reply_size = _reply_payload_size(message)
+        reply_size = reply_payload_size(message)
         command = state.command
         command.reply_num_docs.record(num_docs)
         command.reply_size.record(reply_size)
@@ -677,7 +548,7 @@ class MongoStatsFilter(MongoFilter):
         if summary.write_errors:
             failed = True
             for write_error in summary.write_errors:
-                self._command_error(command, _write_error_name(write_error)).value += 1
+                self._command_error(command, write_error_name(write_error)).value += 1
 
         namespace = state.namespace
         if namespace is not None:
@@ -703,72 +574,3 @@ class MongoStatsFilter(MongoFilter):
             self.g.op_active.dec()
             if state.is_query:
                 self.g.op_query_active.dec()
-
-
-CODE_NAMES: dict[int, str] = {
-    2: "BadValue",
-    9: "FailedToParse",
-    11: "UserNotFound",
-    13: "Unauthorized",
-    14: "TypeMismatch",
-    18: "AuthenticationFailed",
-    26: "NamespaceNotFound",
-    28: "PathNotViable",
-    40: "ConflictingUpdateOperators",
-    43: "CursorNotFound",
-    48: "NamespaceExists",
-    50: "MaxTimeMSExpired",
-    52: "DollarPrefixedFieldName",
-    55: "InvalidDBRef",
-    56: "EmptyFieldName",
-    57: "DottedFieldName",
-    59: "CommandNotFound",
-    64: "WriteConcernFailed",
-    66: "ImmutableField",
-    79: "UnknownReplWriteConcern",
-    85: "IndexOptionsConflict",
-    86: "IndexKeySpecsConflict",
-    91: "ShutdownInProgress",
-    100: "UnsatisfiableWriteConcern",
-    112: "WriteConflict",
-    121: "DocumentValidationFailure",
-    189: "PrimarySteppedDown",
-    251: "NoSuchTransaction",
-    262: "ExceededTimeLimit",
-    10107: "NotWritablePrimary",
-    11000: "DuplicateKey",
-    11600: "InterruptedAtShutdown",
-    11602: "InterruptedDueToReplStateChange",
-    13435: "NotPrimaryNoSecondaryOk",
-    13436: "NotPrimaryOrSecondary",
-}
-"""Names of the error codes met most often. Servers put ``codeName`` in command errors but not in
-``writeErrors`` entries (``{index, code, errmsg}``), so write errors are named from this table; a code it
-does not know is named ``Location<code>``, MongoDB's own spelling for codes without a name."""
-
-
-def code_name(code: int | None, name: str | None = None) -> str:
-    """The name errors are counted under: the server's ``codeName``, else a known name for ``code``."""
-    if name:
-        return name
-    if code is None:
-        return "UnknownError"
-    return CODE_NAMES.get(code) or f"Location{code}"
-
-
-def _write_error_name(write_error: Any) -> str:
-    """``codeName`` of one entry of ``ReplySummary.write_errors``: a name, a code, a (code, name) pair, or a
-    mapping with ``code`` / ``codeName``."""
-    if isinstance(write_error, str):
-        return write_error
-    if isinstance(write_error, int):
-        return code_name(write_error)
-    if isinstance(write_error, dict):
-        code = write_error.get("code")
-        return code_name(code if isinstance(code, int) else None, write_error.get("codeName"))
-    if isinstance(write_error, tuple | list):
-        codes = [part for part in write_error if isinstance(part, int) and not isinstance(part, bool)]
-        names = [part for part in write_error if isinstance(part, str) and part]
-        return code_name(codes[0] if codes else None, names[0] if names else None)
-    code = getattr(write_error, "code", None)
-    return code_name(code if isinstance(code, int) else None, getattr(write_error, "code_name", None))
