@@ -106,16 +106,20 @@ async def start_backend(host: str = "127.0.0.1", port: int = 0) -> asyncio.Serve
     return await loop.create_server(CannedResponder, host, port, backlog=1024)
 
 
-async def _serve(host: str, port: int) -> None:
-    server = await start_backend(host, port)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"LISTENING {bound}", flush=True)
+async def serve_until_signalled(server: asyncio.Server) -> None:
+    """Announce the bound port (``LISTENING <port>``, which the harness waits for), serve until SIGTERM or
+    SIGINT, then close. Shared by every benchmark process that serves."""
+    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
+
+
+async def _serve(host: str, port: int) -> None:
+    await serve_until_signalled(await start_backend(host, port))
 
 
 def install_uvloop() -> str:

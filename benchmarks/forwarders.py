@@ -25,7 +25,7 @@ from typing import cast
 import anyio
 from anyio.abc import SocketStream
 
-from benchmarks.backend import install_uvloop, pin_to_cpu
+from benchmarks.backend import install_uvloop, pin_to_cpu, serve_until_signalled
 
 
 class _Relay(asyncio.Protocol):
@@ -117,14 +117,7 @@ async def serve_asyncio_forwarder(listen: tuple[str, int], upstream: tuple[str, 
 
 
 async def _run_asyncio(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
-    server = await serve_asyncio_forwarder(listen, upstream)
-    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
+    await serve_until_signalled(await serve_asyncio_forwarder(listen, upstream))
 
 
 async def _pump(source: SocketStream, sink: SocketStream) -> None:
