@@ -264,8 +264,14 @@ def running(argv: list[str], admin_port: int) -> Iterator[subprocess.Popen[str]]
         process.communicate(timeout=10)
 
 
-def drive_and_stop(process: subprocess.Popen[str], listen_port: int, admin_port: int, prefix: str) -> dict[str, Any]:
-    """Insert 5 documents one by one and read them back through the proxy; SIGTERM; return what we saw."""
+def drive_and_stop(
+    process: subprocess.Popen[str],
+    listen_port: int,
+    admin_port: int,
+    prefix: str,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> dict[str, Any]:
+    """Insert 5 documents one by one and read them back through the proxy; signal it; return what we saw."""
     client: MongoClient[dict[str, Any]] = MongoClient(
         "127.0.0.1", listen_port, directConnection=True, serverSelectionTimeoutMS=5000
     )
@@ -278,7 +284,7 @@ def drive_and_stop(process: subprocess.Popen[str], listen_port: int, admin_port:
         client.close()
     status, stats = http_get(admin_port, f"/stats?filter=^mongo\\.{prefix}\\.cmd\\.insert\\.total$")
     started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop_signal)
     code = process.wait(timeout=10)
     stopped = time.monotonic() - started
     assert process.stderr is not None
@@ -312,7 +318,9 @@ def test_sidecar_process_proxies_counts_logs_and_exits_0_on_sigterm(
 
 
 @pytest.mark.integration
-def test_run_with_an_equivalent_yaml_file_behaves_the_same(secantus: tuple[str, int], tmp_path: Path) -> None:
+def test_run_with_an_equivalent_yaml_file_behaves_the_same_and_drains_on_sigint(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
     listen, admin = free_port(), free_port()
     access_log = tmp_path / "access.log"
     config = tmp_path / "mesh.yaml"
@@ -336,7 +344,7 @@ drain_timeout: 2s
 """
     )
     with running(["run", "-c", str(config)], admin) as process:
-        seen = drive_and_stop(process, listen, admin, "yaml")
+        seen = drive_and_stop(process, listen, admin, "yaml", stop_signal=signal.SIGINT)  # Ctrl-C drains too
     assert seen["found"] == [0, 1, 2, 3, 4]
     assert f"on 127.0.0.1:{listen}" in seen["log"]
     assert f"127.0.0.1:{admin}" in seen["log"]
