@@ -468,32 +468,35 @@ class MongoStatsFilter(MongoFilter):
         info = query_info(message, self.callsite_field)
         if info is None:
             return ()
-        if info.tailable:
-            g.op_query_tailable_cursor.inc()
-        if info.no_cursor_timeout:
-            g.op_query_no_cursor_timeout.inc()
-        if info.await_data:
-            g.op_query_await_data.inc()
-        if info.exhaust:
-            g.op_query_exhaust.inc()
-        if info.max_time_ms < 1:
-            g.op_query_no_max_time.inc()
-        if info.kind == SCATTER_GET:
-            g.op_query_scatter_get.inc()
-        elif info.kind == MULTI_GET:
-            g.op_query_multi_get.inc()
+        kind, max_time_ms, callsite, tailable, await_data, no_cursor_timeout, exhaust = info
+        if tailable:
+            g.op_query_tailable_cursor.value += 1
+        if no_cursor_timeout:
+            g.op_query_no_cursor_timeout.value += 1
+        if await_data:
+            g.op_query_await_data.value += 1
+        if exhaust:
+            g.op_query_exhaust.value += 1
+        if max_time_ms < 1:
+            g.op_query_no_max_time.value += 1
+        if kind == SCATTER_GET:
+            g.op_query_scatter_get.value += 1
+        elif kind == MULTI_GET:
+            g.op_query_multi_get.value += 1
         if not self.per_collection:
             return ()
-        targets = [self._query(_name(collection), None)]
-        if info.callsite:
-            targets.append(self._query(_name(collection), info.callsite))
+        name = collection or NO_COLLECTION
+        stats = self._queries.get((name, None)) or self._query(name, None)
+        targets: tuple[_QueryStats, ...] = (stats,)
+        if callsite:
+            targets = (stats, self._query(name, callsite))
         for stats in targets:
-            stats.total.inc()
-            if info.kind == SCATTER_GET:
-                stats.scatter_get.inc()
-            elif info.kind == MULTI_GET:
-                stats.multi_get.inc()
-        return tuple(targets)
+            stats.total.value += 1
+            if kind == SCATTER_GET:
+                stats.scatter_get.value += 1
+            elif kind == MULTI_GET:
+                stats.multi_get.value += 1
+        return targets
 
     def on_response(self, op: MongoOperation) -> None:
         pending = self._connections.get(op.connection.id)
