@@ -136,61 +136,65 @@ class _Http1Decoder:
     def _feed(self, data: bytes) -> list[HttpMessage]:
         if self._error is not None:
             raise self._error
+        # Work on the caller's bytes when nothing is buffered (the common case: one read, whole
+        # messages), so a message that arrives in one read is sliced once and never copied into the buffer.
         buffer = self._buffer
-        buffer += data
+        view: bytes | bytearray
+        if buffer:
+            buffer += data
+            view = buffer
+        else:
+            view = data
         messages: list[HttpMessage] = []
+        pos = 0
+        size = len(view)
         try:
-            while buffer:
-                message = self._step(buffer)
-                if message is None:
+            while pos < size:
+                if self._head_end < 0:
+                    # RFC 9112 2.2: a server ignores at least one empty line received before a request line.
+                    while view.startswith(b"\r\n", pos):
+                        pos += 2
+                    if pos >= size or not self._read_head(view, pos):
+                        break
+                end = self._body_end(view, pos)
+                if end < 0:
                     break
-                messages.append(message)
+                messages.append(self._finish(view, pos, end))
+                self._reset()
+                pos = end
         except DecodeError as error:
+            self._keep(view, pos)
             raise self._fail(error, messages) from None
+        self._keep(view, pos)
         return messages
 
-    def _step(self, buffer: bytearray) -> HttpMessage | None:
-        """Advance the message at the front of the buffer; return it once complete (and drop its bytes)."""
-        if self._head_end < 0:
-            if not self._read_head(buffer):
-                return None
-            if self._head_end < 0:  # leading empty lines were skipped; nothing else yet
-                return None
-        end = self._body_end(buffer)
-        if end < 0:
-            return None
-        raw = bytes(buffer[:end])
-        del buffer[:end]
-        message = self._finish(raw)
-        self._reset()
-        return message
+    def _keep(self, view: bytes | bytearray, pos: int) -> None:
+        """Leave exactly the bytes from ``pos`` on (the message in progress) in the buffer."""
+        if view is self._buffer:
+            del self._buffer[:pos]
+        elif pos < len(view):
+            self._buffer += view[pos:]
 
-    def _read_head(self, buffer: bytearray) -> bool:
-        # RFC 9112 2.2: a server ignores at least one empty line received before a request line.
-        skip = 0
-        while buffer.startswith(b"\r\n", skip):
-            skip += 2
-        if skip:
-            del buffer[:skip]
-            if not buffer:
-                return True
-        found = buffer.find(b"\r\n\r\n", max(0, self._scan_from - 3))
+    def _read_head(self, view: bytes | bytearray, pos: int) -> bool:
+        """Parse the head of the message at ``pos`` once its blank line is there; False: need more."""
+        found = view.find(b"\r\n\r\n", pos + max(0, self._scan_from - 3))
         if found < 0:
-            if len(buffer) > self.max_header_size:
+            if len(view) - pos > self.max_header_size:
                 raise DecodeError("head_too_large", f"no end of the head in {self.max_header_size} bytes")
-            self._scan_from = len(buffer)
+            self._scan_from = len(view) - pos
             return False
-        head_end = found + 4
+        head_end = found + 4 - pos
         if head_end > self.max_header_size:
             raise DecodeError("head_too_large", f"a {head_end}-byte head; the limit is {self.max_header_size}")
-        head = bytes(buffer[:head_end])
-        if b"\n " in head or b"\n\t" in head:
-            raise DecodeError("smuggling", "obsolete line folding (RFC 9112 5.2) in the head")
         callbacks = _Head()
         parser = self._new_parser(callbacks)
         try:
-            parser.feed_data(head)
+            parser.feed_data(view[pos : found + 4])
         except _PARSER_ERRORS as error:
+            # llhttp refuses obsolete line folding (RFC 9112 5.2) itself; named here, off the hot path
+            # (looking for it in every head would cost a third of the decode).
+            if view.find(b"\n ", pos, found) >= 0 or view.find(b"\n\t", pos, found) >= 0:
+                raise DecodeError("smuggling", "obsolete line folding (RFC 9112 5.2) in the head") from None
             raise _parser_error(error) from None
         if not callbacks.headers_done:
             raise DecodeError("bad_request", "the head did not parse as a whole HTTP/1.1 head")
@@ -213,25 +217,26 @@ class _Http1Decoder:
         else:
             self._length = length
 
-    def _body_end(self, buffer: bytearray) -> int:
+    def _body_end(self, view: bytes | bytearray, pos: int) -> int:
+        """Where the message at ``pos`` ends in ``view``, or -1 while its body is incomplete."""
         if self._chunks is not None:
-            end = self._chunks.scan(buffer, self._head_end)
-            return end
+            return self._chunks.scan(view, pos, pos + self._head_end)
         if self._length == UNTIL_CLOSE:
-            if len(buffer) - self._head_end > self.max_body_size:
+            if len(view) - pos - self._head_end > self.max_body_size:
                 raise DecodeError("body_too_large", f"the body exceeds {self.max_body_size} bytes")
             return -1
-        end = self._head_end + self._length
-        return end if len(buffer) >= end else -1
+        end = pos + self._head_end + self._length
+        return end if len(view) >= end else -1
 
-    def _finish(self, raw: bytes) -> HttpMessage:
+    def _finish(self, view: bytes | bytearray, pos: int, end: int) -> HttpMessage:
         head, parser = self._head, self._parser
         assert head is not None
         assert parser is not None
+        raw = view if (pos == 0 and end == len(view) and type(view) is bytes) else bytes(view[pos:end])
         chunked = self._chunks is not None
         if chunked:
             try:
-                parser.feed_data(memoryview(raw)[self._head_end :])
+                parser.feed_data(raw[self._head_end :])
             except _PARSER_ERRORS as error:
                 raise _parser_error(error) from None
             if not head.complete:
@@ -245,9 +250,8 @@ class _Http1Decoder:
         if self._error is not None:
             raise self._error
         if self._head_end >= 0 and self._length == UNTIL_CLOSE and self._chunks is None:
-            raw = bytes(self._buffer)
+            message = self._finish(self._buffer, 0, len(self._buffer))
             self._buffer.clear()
-            message = self._finish(raw)
             self._reset()
             return [message]
         if self._buffer:

@@ -23,6 +23,8 @@ def body_length(headers: Headers, bodiless: bool, request: bool) -> int | None:
     lengths: list[bytes] = []
     codings: list[bytes] = []
     for name, value in headers:
+        if len(name) not in (14, 17):  # the lengths of the two framing names: skip the rest cheaply
+            continue
         lowered = name.lower()
         if lowered == b"content-length":
             lengths.append(value.strip())
@@ -63,20 +65,21 @@ class ChunkScanner:
         self._overhead = 0
         self._in_trailers = False
 
-    def scan(self, buffer: bytearray, start: int) -> int:
-        """The offset just past the body in ``buffer`` (which begins with its head), or -1: need more."""
-        pos = start if self._pos < 0 else self._pos
+    def scan(self, buffer: bytes | bytearray, base: int, start: int) -> int:
+        """The offset just past the body in ``buffer`` (its message begins at ``base``, its body at ``start``),
+        or -1: need more. Progress is kept relative to ``base``, which moves when the buffer is compacted."""
+        pos = start if self._pos < 0 else base + self._pos
         while True:
             if self._in_trailers:
                 end = self._trailers_end(buffer, pos)
                 if end < 0:
-                    self._pos = pos
+                    self._pos = pos - base
                 return end
             line_end = buffer.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
             if line_end < 0:
                 if len(buffer) - pos >= MAX_CHUNK_LINE:
                     raise DecodeError("bad_request", f"a chunk-size line longer than {MAX_CHUNK_LINE} bytes")
-                self._pos = pos
+                self._pos = pos - base
                 return -1
             size_text = bytes(buffer[pos:line_end]).split(b";", 1)[0].strip(b" \t")
             if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
@@ -94,13 +97,13 @@ class ChunkScanner:
             if len(buffer) < data_end + 2:
                 self._data -= size  # counted again when the line is re-read
                 self._overhead -= line_end + 4 - pos
-                self._pos = pos
+                self._pos = pos - base
                 return -1
             if buffer[data_end : data_end + 2] != b"\r\n":
                 raise DecodeError("bad_request", "chunk data is not followed by CRLF")
             pos = data_end + 2
 
-    def _trailers_end(self, buffer: bytearray, pos: int) -> int:
+    def _trailers_end(self, buffer: bytes | bytearray, pos: int) -> int:
         if buffer.startswith(b"\r\n", pos):
             return pos + 2
         found = buffer.find(b"\r\n\r\n", pos)
