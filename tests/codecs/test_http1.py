@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import timeit
+import tracemalloc
 from pathlib import Path
 
 import h11
@@ -222,13 +223,30 @@ def test_gzip_body_is_decoded_within_its_bound() -> None:
     assert caught.value.reason == "body_too_large"
 
 
+def test_a_gzip_body_of_several_members_decodes_whole_and_a_truncated_one_is_refused() -> None:
+    members = gzip.compress(b'{"a": ') + gzip.compress(b"1}")
+    data = h11_response([members], chunked=False, extra=[("Content-Encoding", "gzip")])
+    (response,) = Http1ResponseDecoder().feed(data)
+    assert decoded_body(response, max_size=100) == b'{"a": 1}'
+    response.body = gzip.compress(b'{"a": 1}')[:-9]
+    with pytest.raises(DecodeError) as caught:
+        decoded_body(response, max_size=100)
+    assert caught.value.reason == "bad_encoding"
+
+
 def test_a_gzip_bomb_fails_without_inflating_it() -> None:
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # ~64 KiB that inflate to 64 MiB
     data = h11_response([bomb], chunked=False, extra=[("Content-Encoding", "gzip")])
     (response,) = Http1ResponseDecoder().feed(data)
-    with pytest.raises(DecodeError) as caught:
-        decoded_body(response, max_size=1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError) as caught:
+            decoded_body(response, max_size=1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert caught.value.reason == "body_too_large"
+    assert peak < 4 * 1024 * 1024  # the bound and one step, not the 64 MiB the bomb holds
 
 
 def test_identity_body_passes_unchanged_and_unknown_codings_are_refused() -> None:

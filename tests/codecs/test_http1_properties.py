@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from test_http1 import PUT_ITEM, REQUESTS, RESPONSES, h11_request, h11_response
 
 from meshproxy.codecs.errors import DecodeError
-from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse
+from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
 
 CHUNKED_REQUESTS = h11_request([b'{"TableName": ', b'"users", ', b'"Key": {}}']) + h11_request([b"{}"])
 CHUNKED_RESPONSES = h11_response([b"{", b'"Count": 0', b"}"], interim=True) + h11_response([b"{}"])
@@ -94,3 +94,20 @@ def test_mutated_real_responses_decode_or_raise_decode_error(position: int, byte
     mutated = CHUNKED_RESPONSES[:position] + bytes([byte]) + CHUNKED_RESPONSES[position + 1 :]
     with contextlib.suppress(DecodeError):
         Http1ResponseDecoder().feed(mutated)
+
+
+@FAST
+@given(st.lists(st.binary(min_size=1, max_size=64), max_size=6), st.booleans())
+def test_encode_of_a_decoded_h11_request_decodes_to_the_same_request_with_content_length(
+    parts: list[bytes], chunked: bool
+) -> None:
+    (request,) = Http1RequestDecoder().feed(h11_request(parts, chunked=chunked))
+    encoded = encode(request)
+    if not chunked:
+        assert encoded == request.raw
+    (again,) = Http1RequestDecoder().feed(encoded)
+    assert (again.method, again.target, again.chunked) == (request.method, request.target, False)
+    assert again.body == request.body == b"".join(parts)
+    assert [h for h in again.headers if h[0].lower() != b"content-length"] == [
+        h for h in request.headers if h[0].lower() not in (b"content-length", b"transfer-encoding")
+    ]

@@ -149,17 +149,21 @@ def decoded_body(message: HttpMessage, max_size: int) -> bytes:
     pending = body
     try:
         while True:
-            out += inflater.decompress(pending, _INFLATE_STEP)
+            chunk = inflater.decompress(pending, _INFLATE_STEP)
+            out += chunk
             if len(out) > max_size:
                 raise DecodeError("body_too_large", f"the decoded body exceeds {max_size} bytes")
             pending = inflater.unconsumed_tail
-            if not pending:
+            if inflater.eof:
+                if not inflater.unused_data:
+                    break
+                # RFC 1952 2.2: a gzip file may hold several members, one after the other.
+                pending = inflater.unused_data
+                inflater = zlib.decompressobj(GZIP_WINDOW if coding != b"deflate" else zlib.MAX_WBITS)
+            elif not pending and not chunk:
                 break
-        out += inflater.flush(_INFLATE_STEP)
     except zlib.error as error:
         raise DecodeError("bad_encoding", f"{coding.decode(errors='replace')} body: {error}") from None
-    if len(out) > max_size:
-        raise DecodeError("body_too_large", f"the decoded body exceeds {max_size} bytes")
     if not inflater.eof:
         raise DecodeError("bad_encoding", "the compressed body is truncated")
     return bytes(out)
