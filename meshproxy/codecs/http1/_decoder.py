@@ -108,8 +108,8 @@ class _Http1Decoder:
     def _reset(self) -> None:
         self._head: _Head | None = None
         self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
-        self._head_end = -1  # offset of the body in the buffer, once the head is complete
-        self._scan_from = 0  # where the search for the blank line resumes
+        self._head_end = -1  # length of the head (where the body starts, from the message start), once parsed
+        self._scan_from = 0  # where the search for the blank line resumes, from the message start
         self._length = 0  # body bytes (Content-Length), or UNTIL_CLOSE
         self._chunks: ChunkScanner | None = None
         self._keep_alive = False
