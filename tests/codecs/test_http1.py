@@ -116,6 +116,24 @@ def test_pipelined_requests_in_one_feed_come_out_in_order_and_a_partial_one_stay
     assert decoder.buffered == 0
 
 
+def test_keep_alive_follows_the_connection_header_even_for_a_request_without_body() -> None:
+    closing = h11_request([], chunked=False, method="GET", extra=[("Connection", "close")])
+    first, second = Http1RequestDecoder().feed(PUT_ITEM + closing)
+    assert (first.keep_alive, second.keep_alive) == (True, False)
+    assert (second.method, second.raw) == (b"GET", closing)
+
+
+def test_a_101_switching_protocols_response_is_not_relayed_as_http1() -> None:
+    server = h11.Connection(h11.SERVER)
+    upgrade = [("Host", "x"), ("Connection", "upgrade"), ("Upgrade", "h2c")]
+    server.receive_data(h11.Connection(h11.CLIENT).send(h11.Request(method="GET", target="/", headers=upgrade)))
+    server.next_event()
+    data = server.send(h11.InformationalResponse(status_code=101, headers=upgrade[1:]))
+    with pytest.raises(DecodeError) as caught:
+        Http1ResponseDecoder().feed(data)
+    assert caught.value.reason == "unsupported"
+
+
 def test_empty_lines_before_a_request_line_are_skipped() -> None:
     (request,) = Http1RequestDecoder().feed(b"\r\n\r\n" + PUT_ITEM)
     assert request.raw == PUT_ITEM

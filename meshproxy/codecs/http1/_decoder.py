@@ -48,7 +48,10 @@ _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 class _Head:
     """httptools callbacks for one message: collects what llhttp reports."""
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "reason", "target", "trailers")
+    __slots__ = (
+        "body", "complete", "headers", "headers_done", "keep_alive", "method", "parser", "reason", "status",
+        "target", "trailers", "version",
+    )
 
     def __init__(self) -> None:
         self.target = b""
@@ -58,6 +61,11 @@ class _Head:
         self.headers_done = False
         self.body: list[bytes] = []
         self.complete = False
+        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
+        self.method = b""
+        self.version = ""
+        self.status = 0
+        self.keep_alive = False
 
     def on_url(self, url: bytes) -> None:
         self.target += url
@@ -69,7 +77,17 @@ class _Head:
         (self.trailers if self.headers_done else self.headers).append((name, value))
 
     def on_headers_complete(self) -> None:
+        # Read here, not later: a message without a body is complete as soon as its head is, and llhttp
+        # then resets its state (keep-alive flags included) for the next message.
         self.headers_done = True
+        parser = self.parser
+        assert parser is not None
+        self.version = parser.get_http_version()
+        self.keep_alive = parser.should_keep_alive()
+        if isinstance(parser, httptools.HttpRequestParser):
+            self.method = parser.get_method()
+        else:
+            self.status = parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -80,7 +98,7 @@ class _Head:
 
 def _parser_error(error: Exception) -> DecodeError:
     text = str(error)
-    if isinstance(error, httptools.HttpParserUpgrade):
+    if isinstance(error, httptools.HttpParserUpgrade) or "upgrade" in text.lower():
         return DecodeError("unsupported", "protocol upgrade (CONNECT or Upgrade) is not relayed as HTTP/1.1")
     if any(word in text.lower() for word in _PARSER_ERROR_SMUGGLING):
         return DecodeError("smuggling", text)
@@ -187,7 +205,7 @@ class _Http1Decoder:
         if head_end > self.max_header_size:
             raise DecodeError("head_too_large", f"a {head_end}-byte head; the limit is {self.max_header_size}")
         callbacks = _Head()
-        parser = self._new_parser(callbacks)
+        parser = callbacks.parser = self._new_parser(callbacks)
         try:
             parser.feed_data(view[pos : found + 4])
         except _PARSER_ERRORS as error:
@@ -196,14 +214,15 @@ class _Http1Decoder:
             if view.find(b"\n ", pos, found) >= 0 or view.find(b"\n\t", pos, found) >= 0:
                 raise DecodeError("smuggling", "obsolete line folding (RFC 9112 5.2) in the head") from None
             raise _parser_error(error) from None
+        finally:
+            callbacks.parser = None  # no reference cycle: the pair is freed without the cyclic GC
         if not callbacks.headers_done:
             raise DecodeError("bad_request", "the head did not parse as a whole HTTP/1.1 head")
         self._head = callbacks
         self._parser = parser
         self._head_end = head_end
         self._frame(parser, callbacks)
-        # Read now: once llhttp has finished a message it resets for the next one and forgets.
-        self._keep_alive = parser.should_keep_alive() and self._length != UNTIL_CLOSE
+        self._keep_alive = callbacks.keep_alive and self._length != UNTIL_CLOSE
         return True
 
     def _frame(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, head: _Head) -> None:
@@ -311,7 +330,7 @@ class Http1RequestDecoder(_Http1Decoder):
     ) -> HttpRequest:
         assert isinstance(parser, httptools.HttpRequestParser)
         return HttpRequest(
-            parser.get_method(), head.target, parser.get_http_version(), head.headers, body, raw,
+            head.method, head.target, head.version, head.headers, body, raw,
             self._keep_alive, chunked, head.trailers,
         )
 
@@ -352,7 +371,7 @@ class Http1ResponseDecoder(_Http1Decoder):
         return httptools.HttpResponseParser(head)
 
     def _bodiless(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> bool:
-        status = parser.get_status_code() if isinstance(parser, httptools.HttpResponseParser) else 0
+        status = self._head.status if self._head is not None else 0
         if status == 101:
             raise DecodeError("unsupported", "101 Switching Protocols: the stream is no longer HTTP/1.1")
         if 100 <= status < 200:
@@ -370,6 +389,6 @@ class Http1ResponseDecoder(_Http1Decoder):
     ) -> HttpResponse:
         assert isinstance(parser, httptools.HttpResponseParser)
         return HttpResponse(
-            parser.get_status_code(), head.reason, parser.get_http_version(), head.headers, body, raw,
+            head.status, head.reason, head.version, head.headers, body, raw,
             self._keep_alive, chunked, head.trailers,
         )
