@@ -1,7 +1,9 @@
 """Sans-IO HTTP/1.1 decoders: bytes of one direction of one connection in, whole messages out.
 
-Parsing is llhttp's (Node's parser, through ``httptools``): about 1.4 µs a request against h11's ~50 µs
-for its full cycle, which matters on a proxy's hot path. llhttp is callback-driven and does not say where
+Parsing is llhttp's (Node's parser, through ``httptools``), for speed on a proxy's hot path: measured
+here on a recorded boto3 PutItem request (800 bytes), this decoder takes about 5.6 µs per request (2 µs of
+it in llhttp and its header callbacks), h11 34 µs for the same request (``receive_data`` to
+``EndOfMessage`` on a fresh connection). llhttp is callback-driven and does not say where
 in its input a message ended, so this module does the *framing* itself (where the head ends, how long the
 body is) and hands llhttp exactly one message at a time: the head always (method, target, version,
 headers, keep-alive, and llhttp's strict checks of every token), and a chunked body too (de-chunking, and a
