@@ -153,6 +153,18 @@ def test_a_transaction_names_each_table_once_whatever_the_action() -> None:
     assert len(tables_in_request("TransactWriteItems", body)) == 3
 
 
+def test_paths_sharing_a_list_are_merged_so_the_list_is_walked_once() -> None:
+    transaction = get_operation("TransactWriteItems")
+    assert len(transaction.table_paths) == 4
+    [(step, children, _)] = transaction.trie
+    assert step == "TransactItems"
+    assert children is not None
+    [(each, actions, _)] = children
+    assert each is EACH
+    assert actions is not None
+    assert {action for action, _, _ in actions} == {"Put", "Update", "Delete", "ConditionCheck"}
+
+
 def test_a_table_arn_stands_for_its_table_name() -> None:
     assert table_from_value("arn:aws:dynamodb:us-east-1:123456789012:table/orders") == "orders"
     assert table_from_value("arn:aws:dynamodb:us-east-1:1:table/orders/stream/2024-01-01T00:00:00.000") == "orders"

@@ -60,6 +60,9 @@ KEYS: Final = _Step("{keys}")
 
 PathStep = str | _Step
 
+Branch = tuple[PathStep, "tuple[Branch, ...] | None", bool]
+"""One edge of a compiled path trie: (step, children or None at a table, arn_only)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TablePath:
@@ -88,6 +91,9 @@ class Operation:
     statement_paths: tuple[tuple[PathStep, ...], ...]
     """Paths to PartiQL statements (``ExecuteStatement``, ``BatchExecuteStatement``, ``ExecuteTransaction``)."""
     model: OperationModel
+    trie: tuple[Branch, ...] = ()
+    """``table_paths`` merged on common prefixes, so a list shared by several paths
+    (``TransactItems[*]``) is walked once per request, not once per path."""
 
     @property
     def names_tables(self) -> bool:
@@ -159,6 +165,24 @@ def _table_shapes(model: ServiceModel) -> frozenset[str]:
     return frozenset(found)
 
 
+def _trie(paths: list[TablePath]) -> tuple[Branch, ...]:
+    """Merge paths that share a prefix into one tree of branches (order of first appearance kept)."""
+    groups: dict[tuple[PathStep, bool], list[TablePath]] = {}
+    for path in paths:
+        last = len(path.steps) == 1
+        key = (path.steps[0], path.arn_only) if last else (path.steps[0], False)
+        groups.setdefault(key, []).append(path)
+    branches: list[Branch] = []
+    for (step, arn_only), members in groups.items():
+        ends = [m for m in members if len(m.steps) == 1]
+        rest = [TablePath(m.steps[1:], m.arn_only) for m in members if len(m.steps) > 1]
+        for end in ends:
+            branches.append((step, None, end.arn_only))
+        if rest:
+            branches.append((step, _trie(rest), arn_only))
+    return tuple(branches)
+
+
 def _compile(service: str, model: ServiceModel, name: str, table_shapes: frozenset[str]) -> Operation:
     operation = model.operation_model(name)
     table_paths: list[TablePath] = []
@@ -177,6 +201,7 @@ def _compile(service: str, model: ServiceModel, name: str, table_shapes: frozens
                 table_paths.append(TablePath(path, arn_only=True))
     prefix = model.metadata["targetPrefix"]
     return Operation(
+        trie=_trie(table_paths),
         service=service,
         name=name,
         target=f"{prefix}.{name}".encode("ascii"),
@@ -219,35 +244,34 @@ def get_operation(name: str, service: str = "dynamodb") -> Operation:
     return catalog().by_name[(service, name)]
 
 
-def _follow(node: Any, steps: tuple[PathStep, ...], index: int, arn_only: bool, out: list[str]) -> None:
-    """Walk ``steps`` from ``index`` in a decoded JSON document, appending every table found to ``out``."""
-    while index < len(steps):
-        step = steps[index]
+def _walk_trie(node: Any, branches: tuple[Branch, ...], out: list[str]) -> None:
+    """Follow every branch from ``node`` (a decoded JSON value), appending each table found to ``out``."""
+    for step, children, arn_only in branches:
         if step is EACH:
-            if type(node) is list:
+            if type(node) is list and children is not None:
                 for element in node:
-                    _follow(element, steps, index + 1, arn_only, out)
-            return
-        if type(node) is not dict:
-            return
-        if step is VALUES:
-            for value in node.values():
-                _follow(value, steps, index + 1, arn_only, out)
-            return
-        if step is KEYS:
-            for key in node:
-                table = table_from_value(key, arn_only)
-                if table is not None and table not in out:
-                    out.append(table)
-            return
-        node = node.get(step)
-        if node is None:
-            return
-        index += 1
-    if type(node) is str:
-        table = table_from_value(node, arn_only)
-        if table is not None and table not in out:
-            out.append(table)
+                    _walk_trie(element, children, out)
+        elif type(node) is dict:
+            if step is KEYS:
+                for key in node:
+                    table = table_from_value(key, arn_only)
+                    if table is not None and table not in out:
+                        out.append(table)
+            elif step is VALUES:
+                if children is not None:
+                    for value in node.values():
+                        _walk_trie(value, children, out)
+            else:
+                child = node.get(step)
+                if child is None:
+                    continue
+                if children is None:
+                    if type(child) is str:
+                        table = table_from_value(child, arn_only)
+                        if table is not None and table not in out:
+                            out.append(table)
+                else:
+                    _walk_trie(child, children, out)
 
 
 def _statements(node: Any, steps: tuple[PathStep, ...], index: int, out: list[str]) -> None:
@@ -272,16 +296,7 @@ def tables_of(operation: Operation, document: Any) -> tuple[str, ...]:
     if type(document) is not dict:
         return ()
     out: list[str] = []
-    for path in operation.table_paths:
-        steps = path.steps
-        if len(steps) == 1:  # the common case: a top-level TableName
-            value = document.get(steps[0])
-            if type(value) is str:
-                table = table_from_value(value, path.arn_only)
-                if table is not None and table not in out:
-                    out.append(table)
-        else:
-            _follow(document, steps, 0, path.arn_only, out)
+    _walk_trie(document, operation.trie, out)
     if operation.statement_paths:
         statements: list[str] = []
         for steps in operation.statement_paths:
