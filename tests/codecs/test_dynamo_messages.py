@@ -11,6 +11,8 @@ from typing import NamedTuple
 import botocore.parsers
 import botocore.session
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshproxy.codecs.dynamo import (
     ConsumedCapacity,
@@ -332,3 +334,26 @@ def test_the_x_amz_crc32_helper_agrees_with_the_recorded_headers() -> None:
         for _, response in exchanges(step):
             recorded = next(int(v) for k, v in response.headers if k.lower() == b"x-amz-crc32")
             assert crc32_of(response.body) == recorded
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(max_size=200) | st.sampled_from([b"{}", b"null", b'{"TableName": {}}', b'{"__type": 3}']),
+    target=st.none() | st.binary(max_size=40) | st.just(b"DynamoDB_20120810.BatchWriteItem"),
+    encoding=st.none() | st.sampled_from([b"gzip", b"deflate", b"identity", b"zstd", b""]),
+    status=st.integers(100, 599),
+)
+def test_any_bytes_are_read_into_flags_never_into_an_exception(
+    body: bytes, target: bytes | None, encoding: bytes | None, status: int
+) -> None:
+    headers = [(b"Content-Type", b"application/x-amz-json-1.0")]
+    if target is not None:
+        headers.append((b"X-Amz-Target", target))
+    if encoding is not None:
+        headers.append((b"Content-Encoding", encoding))
+    request = parse_request(headers, body)
+    assert request.operation_missing == (target is None)
+    assert request.invalid_body == (request.document is None)
+    response = parse_response(status, [*headers, (b"x-amz-crc32", b"12x")], body, request)
+    assert response.crc32 is None
+    assert response.status == status

@@ -8,6 +8,8 @@ from typing import Any
 import botocore.session
 import jmespath
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshproxy.codecs.dynamo import (
     SERVICES,
@@ -175,6 +177,8 @@ def test_a_table_arn_stands_for_its_table_name() -> None:
     assert table_from_value("arn:aws:dynamodb:us-east-1:1:global-table/orders") is None
     assert table_from_value("orders") == "orders"
     assert table_from_value("orders", arn_only=True) is None
+    assert table_from_value("") is None
+    assert table_from_value("arn:aws:dynamodb:us-east-1:1:table/") is None
 
 
 def test_a_resource_arn_names_a_table_only_when_it_is_a_table_arn() -> None:
@@ -245,3 +249,51 @@ def test_partiql_statements_name_their_table(statement: str, tables: tuple[str, 
 )
 def test_partiql_reader_names_nothing_when_unsure(statement: str) -> None:
     assert tables_in_statement(statement) == ()
+
+
+_PATH_KEYS = sorted(
+    {
+        step
+        for op in catalog().by_name.values()
+        for path in op.table_paths
+        for step in path.steps
+        if isinstance(step, str)
+    }
+    | {
+        step
+        for op in catalog().by_name.values()
+        for steps in op.statement_paths
+        for step in steps
+        if isinstance(step, str)
+    }
+)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(['SELECT * FROM "t"', "arn:aws:dynamodb:r:1:table/t/x", "arn:", "UPDATE"]),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(_PATH_KEYS) | st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operation=st.sampled_from(ALL_OPERATIONS), document=_JSON)
+def test_any_json_document_gives_a_tuple_of_names_and_never_raises(operation: tuple[str, str], document: Any) -> None:
+    service, name = operation
+    tables = tables_of(get_operation(name, service), document)
+    assert isinstance(tables, tuple)
+    assert all(isinstance(t, str) and t for t in tables)
+    assert len(set(tables)) == len(tables)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_is_read_as_a_statement_without_raising(statement: str) -> None:
+    tables = tables_in_statement(statement)
+    assert all(isinstance(t, str) and t for t in tables)

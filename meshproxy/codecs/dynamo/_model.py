@@ -111,9 +111,9 @@ class Catalog:
 
 
 def table_from_value(value: str, arn_only: bool = False) -> str | None:
-    """The table a string names: itself, or the ``NAME`` of a table ARN; None for any other ARN."""
+    """The table a string names: itself, or the ``NAME`` of a table ARN; None for any other ARN or ``""``."""
     if not value.startswith("arn:"):
-        return None if arn_only else value
+        return None if arn_only or not value else value
     parts = value.split(":", 5)
     if len(parts) != 6 or not parts[2].startswith("dynamodb"):
         return None
