@@ -1,0 +1,3 @@
+"""DynamoDB filters: stats, fault injection, access log (issue 3)."""
+
+from __future__ import annotations
