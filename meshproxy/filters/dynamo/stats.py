@@ -65,12 +65,15 @@ class SpaceSaving:
     A new key at a full sketch replaces the key with the smallest count and inherits that count plus one,
     which is why counts are upper bounds (the error of each is at most the evicted minimum)."""
 
-    __slots__ = ("capacity", "counts", "total")
+    __slots__ = ("_floor", "_victims", "capacity", "counts", "total")
 
     def __init__(self, capacity: int = HOT_KEYS) -> None:
         self.capacity = capacity
         self.counts: dict[str, int] = {}
         self.total = 0
+        self._victims: list[str] = []
+        """Keys that had the smallest count ``_floor`` at the last scan: eviction candidates."""
+        self._floor = 0
 
     def add(self, key: str) -> None:
         self.total += 1
@@ -78,12 +81,24 @@ class SpaceSaving:
         n = counts.get(key)
         if n is not None:
             counts[key] = n + 1
-        elif len(counts) < self.capacity:
+            return
+        if len(counts) < self.capacity:
             counts[key] = 1
-        else:
-            victim = min(counts, key=counts.__getitem__)
-            floor = counts.pop(victim)
-            counts[key] = floor + 1
+            return
+        # Evict a key with the smallest count. Counts only grow and newcomers enter above the floor, so a
+        # candidate still at ``_floor`` is a minimum; one O(K) scan serves every eviction until the
+        # candidates run out (amortised O(1) when many keys share the minimum, the usual case).
+        victims = self._victims
+        while True:
+            if not victims:
+                self._floor = min(counts.values())
+                floor = self._floor
+                victims.extend(k for k, c in counts.items() if c == floor)
+            victim = victims.pop()
+            if counts.get(victim) == self._floor:
+                break
+        del counts[victim]
+        counts[key] = self._floor + 1
 
     def top(self) -> list[tuple[str, int]]:
         """Keys by count, highest first (ties by key, so the order is stable)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections import Counter as Tally
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshproxy.codecs.dynamo import crc32_of, parse_request
@@ -299,3 +301,19 @@ def test_every_label_of_a_workload_stat_is_among_the_documented_keys() -> None:
         for sample in family.samples:
             keys.update(k for k in sample.labels if k != "le")
     assert set(keys) <= {"prefix", "operation", "table", "error_type", "code", "code_class", "partition_id"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=30), max_size=400), st.integers(min_value=1, max_value=8))
+def test_the_hot_key_sketch_keeps_its_guarantees_on_any_stream(stream: list[int], capacity: int) -> None:
+    sketch = SpaceSaving(capacity)
+    for key in stream:
+        sketch.add(str(key))
+    truth = Tally(str(key) for key in stream)
+    assert len(sketch.counts) <= capacity
+    assert sum(sketch.counts.values()) == len(stream)  # space-saving conserves the total
+    for key, count in truth.items():
+        if count > len(stream) / capacity:
+            assert sketch.counts[key] >= count  # a heavy hitter is always kept, never under-counted
+    for key, estimate in sketch.counts.items():
+        assert estimate >= truth[key]
