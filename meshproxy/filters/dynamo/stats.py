@@ -16,6 +16,7 @@ hot-key sketch, one dict update (an O(K) eviction when a new key arrives at a fu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,11 @@ HOT_KEYS = 100
 """Entries of each table's hot-partition-key sketch (space-saving: the top keys with their counts)."""
 
 KEY_OPERATIONS = frozenset({"GetItem", "PutItem", "UpdateItem", "DeleteItem"})
-"""Operations whose partition key feeds the hot-key sketch."""
+"""Operations whose partition key feeds the hot-key sketch (and ``Query``, from its key condition)."""
+
+_EQUALITY = re.compile(r"([#:]?[A-Za-z0-9_.-]+)\s*=\s*([#:]?[A-Za-z0-9_.-]+)")
+"""``a = b`` in a key condition expression (``pk = :c``, ``#p = :v``, ``:v = pk``); ``<=`` and ``>=`` cannot
+match because their left side would end in ``<`` / ``>``, which the operand pattern excludes."""
 
 SCHEMA_OPERATIONS = frozenset({"CreateTable", "DescribeTable"})
 """Operations whose request or response carries a table's ``KeySchema`` (learned for the hot-key sketch)."""
@@ -351,6 +356,8 @@ class DynamoStatsFilter(DynamoFilter):
             return
         if request.operation in KEY_OPERATIONS and n == 1:
             self._hot_key(request.tables[0], request.document)
+        elif request.operation == "Query" and n == 1:
+            self._query_key(request.tables[0], request.document)
         elif request.operation == "CreateTable":
             self._learn_schema(request.tables, request.document)
 
@@ -448,7 +455,40 @@ class DynamoStatsFilter(DynamoFilter):
             if len(key) != 1:
                 return  # a key of two attributes: which one is the partition key is not known yet
             attribute = next(iter(key))
-        value = key.get(attribute)
+        self._count_key(table, key.get(attribute))
+
+    def _query_key(self, table: str, document: dict[str, Any] | None) -> None:
+        """The partition key of a ``Query`` on the table itself (an index has a partition key of its own):
+        ``KeyConditionExpression``'s ``<hash key> = :value``, or the legacy ``KeyConditions``' ``EQ``."""
+        attribute = self._hash_keys.get(table)
+        if document is None or attribute is None or "IndexName" in document:
+            return
+        expression = document.get("KeyConditionExpression")
+        if type(expression) is str:
+            names = document.get("ExpressionAttributeNames")
+            values = document.get("ExpressionAttributeValues")
+            if type(values) is not dict:
+                return
+            for left, right in _EQUALITY.findall(expression):
+                name, placeholder = (right, left) if left.startswith(":") else (left, right)
+                if not placeholder.startswith(":") or name.startswith(":"):
+                    continue
+                if name.startswith("#"):
+                    name = names.get(name) if type(names) is dict else None
+                if name == attribute:
+                    self._count_key(table, values.get(placeholder))
+                    return
+            return
+        conditions = document.get("KeyConditions")
+        if type(conditions) is dict:
+            condition = conditions.get(attribute)
+            if type(condition) is dict and condition.get("ComparisonOperator") == "EQ":
+                operands = condition.get("AttributeValueList")
+                if type(operands) is list and len(operands) == 1:
+                    self._count_key(table, operands[0])
+
+    def _count_key(self, table: str, value: Any) -> None:
+        """Count one partition-key attribute value (``{"S": "c1"}``) in the table's sketch."""
         if type(value) is not dict or len(value) != 1:
             return
         [raw] = value.values()

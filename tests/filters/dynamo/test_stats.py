@@ -226,9 +226,35 @@ def test_the_active_gauge_follows_requests_and_forgets_a_closed_connection() -> 
 def test_hot_partition_keys_of_the_workload_use_the_learned_key_schema() -> None:
     f = run_workload(StatsStore())
     # orders has a (pk, sk) key: CreateTable taught the filter that pk is the partition key.
-    assert f.hot_keys("orders") == [("c1", 5)]
+    # c1: GetItem, PutItem, UpdateItem, Query (pk = :c), DeleteItem, the failed conditional PutItem.
+    assert f.hot_keys("orders") == [("c1", 6)]
     assert f.hot_keys("users") == [("u2", 1)]
     assert f.hot_keys("nope") == []
+
+
+def test_a_query_counts_the_partition_key_of_its_key_condition() -> None:
+    stats = StatsStore()
+    f = DynamoStatsFilter(stats, "app")
+    chain = Chain([f])
+    chain.run(exchanges("00_create_orders")[0])  # teaches the filter that pk is the partition key
+    [query] = exchanges("08_query")
+    conditions: list[dict[str, object]] = [
+        {"KeyConditionExpression": "pk = :c", "ExpressionAttributeValues": {":c": {"S": "a"}}},
+        {"KeyConditionExpression": "#p = :v AND sk >= :s", "ExpressionAttributeNames": {"#p": "pk"},
+         "ExpressionAttributeValues": {":v": {"S": "b"}, ":s": {"S": "x"}}},
+        {"KeyConditionExpression": "sk <= :s AND :v = pk",
+         "ExpressionAttributeValues": {":v": {"S": "c"}, ":s": {"S": "x"}}},
+        {"KeyConditions": {"pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "d"}]}}},
+        # Not the table's partition key: an index (its own key) and a condition on the sort key only.
+        {"IndexName": "by_sk", "KeyConditionExpression": "pk = :c", "ExpressionAttributeValues": {":c": {"S": "e"}}},
+        {"KeyConditionExpression": "sk = :c", "ExpressionAttributeValues": {":c": {"S": "f"}}},
+    ]
+    for condition in conditions:
+        request = query.parsed_request()
+        request.document = {"TableName": "orders", **condition}
+        op, _, seen = chain.request(request, 1)
+        chain.respond(op, 200, [], b"{}", seen, 2)
+    assert f.hot_keys("orders") == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
 
 
 def test_hot_keys_stay_bounded_and_keep_the_heavy_hitters_in_order() -> None:
