@@ -23,19 +23,10 @@ Fields (always present, ``null`` when not applicable)::
 
 from __future__ import annotations
 
-import json
-import sys
-from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
+from meshproxy.filters._shared import STDOUT, JsonLineSink, now_rfc3339
 from meshproxy.filters.dynamo.api import DynamoFilter, DynamoOperation
-
-STDOUT = "stdout"
-STDERR = "stderr"
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class DynamoAccessLogFilter(DynamoFilter):
@@ -43,21 +34,10 @@ class DynamoAccessLogFilter(DynamoFilter):
 
     def __init__(self, path: str = STDOUT) -> None:
         self.path = path
-        self._file: IO[str] | None = None
-        if path not in (STDOUT, STDERR):
-            self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def _write(self, line: str) -> None:
-        if self._file is not None:
-            self._file.write(line)
-            return
-        # Looked up at each write so that a redirected sys.stdout (tests, daemons) is honoured.
-        stream = sys.stdout if self.path == STDOUT else sys.stderr
-        stream.write(line)
-        stream.flush()
+        self._sink = JsonLineSink(path)
 
     def on_response(self, op: DynamoOperation) -> None:
-        self._write(json.dumps(self.record(op), separators=(",", ":")) + "\n")
+        self._sink.write(self.record(op))
 
     def record(self, op: DynamoOperation) -> dict[str, Any]:
         """The fields of ``op``'s log line (see the module docstring)."""
@@ -71,7 +51,7 @@ class DynamoAccessLogFilter(DynamoFilter):
                     units = (entry.read_capacity_units or 0.0) + (entry.write_capacity_units or 0.0)
                 capacity[entry.table] = capacity.get(entry.table, 0.0) + units
         return {
-            "time": _now_rfc3339(),
+            "time": now_rfc3339(),
             "connection": connection.id,
             "listener": connection.listener,
             "client": connection.client,
@@ -89,6 +69,4 @@ class DynamoAccessLogFilter(DynamoFilter):
         }
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._sink.close()

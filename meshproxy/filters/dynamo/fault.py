@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from meshproxy.codecs.dynamo import error_response
+from meshproxy.filters._shared import BoundedCounters, FaultDice
 from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse, RequestAction
 
 if TYPE_CHECKING:
-    from meshproxy.stats import Counter, StatsStore
+    from meshproxy.stats import StatsStore
 
 MAX_OPERATION_STATS = 1000
 """Distinct per-operation fault counters kept (operation names come from botocore's model, but a bound
@@ -68,9 +69,8 @@ class DynamoFaultFilter(DynamoFilter):
         random: _random.Random | None = None,
     ) -> None:
         self.config = config
-        self.random = random if random is not None else _random.Random()
-        self.store = stats
-        self.prefix = prefix
+        self.dice = FaultDice(random)
+        self.random = self.dice.random
         labels = {"prefix": prefix}
         self.delay_injected = stats.counter(
             f"dynamodb.{prefix}.fault.delay_injected", prom="meshproxy_dynamodb_fault_delay_injected", labels=labels
@@ -78,7 +78,14 @@ class DynamoFaultFilter(DynamoFilter):
         self.abort_injected = stats.counter(
             f"dynamodb.{prefix}.fault.abort_injected", prom="meshproxy_dynamodb_fault_abort_injected", labels=labels
         )
-        self._per_operation: dict[tuple[str, str], Counter] = {}
+        self._per_operation = BoundedCounters(
+            lambda kind, operation: stats.counter(
+                f"dynamodb.{prefix}.fault.operation.{operation}.{kind}",
+                prom=f"meshproxy_dynamodb_fault_operation_{kind}",
+                labels={"prefix": prefix, "operation": operation},
+            ),
+            MAX_OPERATION_STATS,
+        )
         abort = config.abort
         self._abort_response: LocalResponse | None = None
         if abort is not None:
@@ -93,43 +100,18 @@ class DynamoFaultFilter(DynamoFilter):
             return False
         return match.tables is None or any(table in match.tables for table in op.tables)
 
-    def _roll(self, percentage: float) -> bool:
-        if percentage >= 100.0:
-            return True
-        if percentage <= 0.0:
-            return False
-        return self.random.random() * 100.0 < percentage
-
-    def _count(self, kind: str, operation: str | None) -> None:
-        name = operation or "-"
-        counter = self._per_operation.get((kind, name))
-        if counter is None:
-            if len(self._per_operation) >= MAX_OPERATION_STATS:
-                name = "_overflow"
-                counter = self._per_operation.get((kind, name))
-                if counter is not None:
-                    counter.value += 1
-                    return
-            counter = self.store.counter(
-                f"dynamodb.{self.prefix}.fault.operation.{name}.{kind}",
-                prom=f"meshproxy_dynamodb_fault_operation_{kind}",
-                labels={"prefix": self.prefix, "operation": name},
-            )
-            self._per_operation[(kind, name)] = counter
-        counter.value += 1
-
     def on_request(self, op: DynamoOperation) -> RequestAction | None:
         if not self.matches(op):
             return None
         config = self.config
         abort = config.abort
-        if abort is not None and self._abort_response is not None and self._roll(abort.percentage):
+        if abort is not None and self._abort_response is not None and self.dice.roll(abort.percentage):
             self.abort_injected.value += 1
-            self._count("abort_injected", op.operation)
+            self._per_operation.inc("abort_injected", op.operation or "-")
             return self._abort_response
         delay = config.delay
-        if delay is not None and delay.seconds > 0 and self._roll(delay.percentage):
+        if delay is not None and delay.seconds > 0 and self.dice.roll(delay.percentage):
             self.delay_injected.value += 1
-            self._count("delay_injected", op.operation)
+            self._per_operation.inc("delay_injected", op.operation or "-")
             return Delay(delay.seconds)
         return None

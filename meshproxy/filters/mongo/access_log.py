@@ -25,20 +25,11 @@ Fields (always present, ``null`` when not applicable)::
 
 from __future__ import annotations
 
-import json
-import sys
-from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 from meshproxy.codecs.mongo import OpCompressed, summarize_reply
+from meshproxy.filters._shared import STDOUT, JsonLineSink, now_rfc3339
 from meshproxy.filters.mongo.api import ConnectionInfo, MongoFilter, MongoOperation
-
-STDOUT = "stdout"
-STDERR = "stderr"
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class MongoAccessLogFilter(MongoFilter):
@@ -46,21 +37,10 @@ class MongoAccessLogFilter(MongoFilter):
 
     def __init__(self, path: str = STDOUT) -> None:
         self.path = path
-        self._file: IO[str] | None = None
-        if path not in (STDOUT, STDERR):
-            self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._sink = JsonLineSink(path)
         self._stream_bytes: dict[tuple[int, int], tuple[MongoOperation, int]] = {}
         """Reply bytes of exhaust streams so far, by (connection id, ``id(op)``); only streams have one.
         The operation is held so that its ``id`` cannot be reused while the entry exists."""
-
-    def _write(self, line: str) -> None:
-        if self._file is not None:
-            self._file.write(line)
-            return
-        # Looked up at each write so that a redirected sys.stdout (tests, daemons) is honoured.
-        stream = sys.stdout if self.path == STDOUT else sys.stderr
-        stream.write(line)
-        stream.flush()
 
     def on_request(self, op: MongoOperation) -> None:
         if not op.expects_reply:
@@ -89,7 +69,7 @@ class MongoAccessLogFilter(MongoFilter):
         connection = op.connection
         request = op.request
         record: dict[str, Any] = {
-            "time": _now_rfc3339(),
+            "time": now_rfc3339(),
             "connection": connection.id,
             "listener": connection.listener,
             "client": connection.client,
@@ -119,10 +99,8 @@ class MongoAccessLogFilter(MongoFilter):
                 record["code"] = summary.code
                 record["code_name"] = summary.code_name
                 record["errmsg"] = summary.errmsg
-        self._write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        self._sink.write(record)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._sink.close()
         self._stream_bytes.clear()

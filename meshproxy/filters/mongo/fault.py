@@ -16,6 +16,7 @@ import random as _random
 from typing import TYPE_CHECKING
 
 from meshproxy.codecs.mongo import error_reply
+from meshproxy.filters._shared import BoundedCounters, FaultDice
 from meshproxy.filters.mongo.api import (
     MONITORING_COMMANDS,
     Delay,
@@ -27,7 +28,7 @@ from meshproxy.filters.mongo.api import (
 
 if TYPE_CHECKING:
     from meshproxy.config import FaultFilterConfig, MongoMatch
-    from meshproxy.stats import Counter, StatsStore
+    from meshproxy.stats import StatsStore
 
 HANDSHAKE_COMMANDS = MONITORING_COMMANDS | frozenset(
     {"saslStart", "saslContinue", "authenticate", "getnonce", "logout"}
@@ -53,9 +54,8 @@ class MongoFaultFilter(MongoFilter):
         random: _random.Random | None = None,
     ) -> None:
         self.config = config
-        self.random = random if random is not None else _random.Random()
-        self.store = stats
-        self.prefix = prefix
+        self.dice = FaultDice(random)
+        self.random = self.dice.random
         match: MongoMatch = config.match
         self._commands = frozenset(match.command) if match.command is not None else None
         self._databases = frozenset(match.database) if match.database is not None else None
@@ -67,7 +67,14 @@ class MongoFaultFilter(MongoFilter):
         self.abort_injected = stats.counter(
             f"mongo.{prefix}.abort_injected", prom="meshproxy_mongo_abort_injected", labels=labels
         )
-        self._per_command: dict[tuple[str, str], Counter] = {}
+        self._per_command = BoundedCounters(
+            lambda kind, command: stats.counter(
+                f"mongo.{prefix}.cmd.{command}.{kind}",
+                prom=f"meshproxy_mongo_cmd_{kind}",
+                labels={"prefix": prefix, "command": command},
+            ),
+            MAX_COMMAND_STATS,
+        )
 
     def matches(self, op: MongoOperation) -> bool:
         """Whether ``op`` is one the configured match selects (before the percentage is rolled)."""
@@ -81,30 +88,6 @@ class MongoFaultFilter(MongoFilter):
             return False
         return self._collections is None or op.collection in self._collections
 
-    def _roll(self, percentage: float) -> bool:
-        if percentage >= 100.0:
-            return True
-        if percentage <= 0.0:
-            return False
-        return self.random.random() * 100.0 < percentage
-
-    def _count(self, kind: str, command: str) -> None:
-        counter = self._per_command.get((kind, command))
-        if counter is None:
-            if len(self._per_command) >= MAX_COMMAND_STATS:
-                command = "_overflow"  # command names come from clients: keep the stat count bounded
-                counter = self._per_command.get((kind, command))
-                if counter is not None:
-                    counter.value += 1
-                    return
-            counter = self.store.counter(
-                f"mongo.{self.prefix}.cmd.{command}.{kind}",
-                prom=f"meshproxy_mongo_cmd_{kind}",
-                labels={"prefix": self.prefix, "command": command},
-            )
-            self._per_command[(kind, command)] = counter
-        counter.value += 1
-
     def on_request(self, op: MongoOperation) -> RequestAction | None:
         if not self.matches(op):
             return None
@@ -112,9 +95,9 @@ class MongoFaultFilter(MongoFilter):
         abort = config.abort
         # An abort answers at once, so when both faults fire the abort wins (the filter is not called again
         # after a delay). A fire-and-forget request (w: 0) gets no reply, so it can only be delayed.
-        if abort is not None and op.expects_reply and self._roll(abort.percentage):
+        if abort is not None and op.expects_reply and self.dice.roll(abort.percentage):
             self.abort_injected.value += 1
-            self._count("abort_injected", op.command)
+            self._per_command.inc("abort_injected", op.command)
             reply = error_reply(
                 op.plain_request,
                 code=abort.code,
@@ -124,8 +107,8 @@ class MongoFaultFilter(MongoFilter):
             )
             return LocalReply(reply)
         delay = config.delay
-        if delay is not None and delay.duration > 0 and self._roll(delay.percentage):
+        if delay is not None and delay.duration > 0 and self.dice.roll(delay.percentage):
             self.delay_injected.value += 1
-            self._count("delay_injected", op.command)
+            self._per_command.inc("delay_injected", op.command)
             return Delay(delay.duration)
         return None
