@@ -19,6 +19,9 @@ STDOUT = "stdout"
 STDERR = "stderr"
 
 OVERFLOW = "_overflow"
+"""The label that replaces a name (command, collection, table, error type, ...) once a filter has seen its
+bound of distinct ones: such names come from clients and upstreams, and without a bound they could grow the
+stats store without limit."""
 
 
 def now_rfc3339() -> str:

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from meshproxy.filters._shared import OVERFLOW
 from meshproxy.filters.dynamo.api import ConnectionInfo, DynamoFilter, DynamoOperation
 
 if TYPE_CHECKING:
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 NO_TABLE = "-"
 """Table label of errors of requests that name no table (``ListTables``, a request without a body)."""
 
-OVERFLOW = "_overflow"
-"""Label that replaces a table / error type once the bound on distinct ones is reached (names come from
-clients and upstream; without a bound they could grow the stats store without limit)."""
 
 DEFAULT_MAX_KEYS = 10_000
 """Distinct tables (and operation x table pairs) with stats of their own."""

@@ -30,6 +30,7 @@ from meshproxy.codecs.mongo import (
     OpQuery,
     summarize_reply,
 )
+from meshproxy.filters._shared import OVERFLOW
 from meshproxy.filters.mongo._error_names import code_name, write_error_name
 from meshproxy.filters.mongo._query_shape import (
     MULTI_GET,
@@ -48,12 +49,6 @@ if TYPE_CHECKING:
 NO_COLLECTION = "-"
 """Collection (and database) label of commands that name none (``hello``, ``ping``, ``killCursors`` on the
 legacy opcode, ...)."""
-
-OVERFLOW = "_overflow"
-"""Label that replaces a database / collection / command once ``max_keys`` distinct ones have been seen.
-
-Command and collection names come from clients; without a bound, a client that invents names could grow the
-stats store without limit."""
 
 DEFAULT_MAX_KEYS = 10_000
 
