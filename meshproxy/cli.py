@@ -1,6 +1,7 @@
 """The ``meshproxy`` command.
 
     meshproxy sidecar mongo --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
+    meshproxy sidecar dynamo --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
     meshproxy run -c FILE.yaml
     meshproxy check -c FILE.yaml
 
@@ -18,10 +19,12 @@ from meshproxy import __version__
 from meshproxy.config import (
     AccessLogFilterConfig,
     ConfigError,
+    DynamoStatsFilterConfig,
     MeshConfig,
     MongoFilterConfig,
     StatsFilterConfig,
     TopologyRewriteFilterConfig,
+    dynamo_sidecar_config,
     load_config,
     mongo_sidecar_config,
     parse_address,
@@ -93,20 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "collection and command. Stats are served on the admin endpoint (/stats, /stats/prometheus)."
         ),
     )
-    mongo.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="where clients connect")
-    mongo.add_argument(
-        "--upstream", required=True, type=_address, metavar="HOST:PORT", help="the MongoDB server to forward to"
-    )
-    mongo.add_argument(
-        "--admin", type=_admin_address, default=("127.0.0.1", 9901), metavar="HOST:PORT|off",
-        help="admin endpoint address (default 127.0.0.1:9901); 'off' disables it",
-    )
-    mongo.add_argument(
-        "--stat-prefix", default="mongo", metavar="NAME", help="stats scope mongo.NAME.* (default mongo)"
-    )
-    mongo.add_argument(
-        "--access-log", metavar="PATH|stdout|stderr", help="write one JSON line per operation to this file or stream"
-    )
+    _add_common_sidecar_arguments(mongo, server="the MongoDB server", default_prefix="mongo")
     mongo.add_argument(
         "--topology", choices=["rewrite", "standalone", "off"], default="rewrite",
         help="hello/isMaster rewriting so drivers stay on the sidecar (default rewrite)",
@@ -115,19 +105,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-message-size", type=_typed(_parse_message_size, "size"), metavar="SIZE",
         help="largest message accepted, e.g. 48MB (default: MongoDB's 48000000 bytes)",
     )
-    mongo.add_argument(
-        "--on-decode-error", choices=["close", "passthrough"], default="close",
-        help="what to do with a connection that sends undecodable bytes (default close)",
+
+    dynamo = protocols.add_parser(
+        "dynamo",
+        help="DynamoDB: per-operation and per-table stats, consumed capacity, hot keys, optional access log",
+        description=(
+            "Proxy DynamoDB clients (HTTP/1.1) to one endpoint, counting every request per operation, table "
+            "and error type. Stats are served on the admin endpoint (/stats, /stats/prometheus, "
+            "/dynamodb/hot_keys)."
+        ),
     )
-    mongo.add_argument(
-        "--idle-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
-        help="close connections idle this long, e.g. 1h (default 1h; 0 disables)",
+    _add_common_sidecar_arguments(dynamo, server="the DynamoDB endpoint (plain HTTP)", default_prefix="dynamodb")
+    dynamo.add_argument(
+        "--invalid-requests", choices=["forward", "reject"], default="forward",
+        help="requests with no usable X-Amz-Target or a non-JSON body: forward them (default) or answer "
+        "DynamoDB's own 400 error here",
     )
-    mongo.add_argument(
-        "--drain-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
-        help="on SIGTERM/SIGINT, how long in-flight operations may finish (default 10s)",
+    dynamo.add_argument(
+        "--upstream-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
+        help="answer 504 when the upstream has not responded in this long (default 60s; 0 disables)",
     )
-    mongo.add_argument("--no-filters", action="store_true", help="decode and forward only: no L7 filters at all")
+    dynamo.add_argument(
+        "--max-body-size", type=_typed(parse_size, "size"), metavar="SIZE",
+        help="largest request or response body accepted, e.g. 16MiB (the default); larger requests get a 413",
+    )
 
     for name, text in (
         ("run", "run the proxy described by a YAML file"),
@@ -138,30 +139,68 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common_sidecar_arguments(command: argparse.ArgumentParser, *, server: str, default_prefix: str) -> None:
+    """The flags every ``sidecar`` protocol takes, spelled and defaulted the same way."""
+    command.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="where clients connect")
+    command.add_argument(
+        "--upstream", required=True, type=_address, metavar="HOST:PORT", help=f"{server} to forward to"
+    )
+    command.add_argument(
+        "--admin", type=_admin_address, default=("127.0.0.1", 9901), metavar="HOST:PORT|off",
+        help="admin endpoint address (default 127.0.0.1:9901); 'off' disables it",
+    )
+    command.add_argument(
+        "--stat-prefix", default=default_prefix, metavar="NAME",
+        help=f"stats scope {default_prefix.split('.')[0]}.NAME.* (default {default_prefix})",
+    )
+    command.add_argument(
+        "--access-log", metavar="PATH|stdout|stderr", help="write one JSON line per operation to this file or stream"
+    )
+    command.add_argument(
+        "--on-decode-error", choices=["close", "passthrough"], default="close",
+        help="what to do with a connection that sends undecodable bytes (default close)",
+    )
+    command.add_argument(
+        "--idle-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
+        help="close connections idle this long, e.g. 1h (default 1h; 0 disables)",
+    )
+    command.add_argument(
+        "--drain-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
+        help="on SIGTERM/SIGINT, how long in-flight operations may finish (default 10s)",
+    )
+    command.add_argument("--no-filters", action="store_true", help="decode and forward only: no L7 filters at all")
+
+
 def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
     if args.listen == args.upstream:
         raise ConfigError("--listen and --upstream are the same address: the sidecar would connect to itself")
     if args.admin is not None and args.admin == args.listen and args.listen[1] != 0:
         raise ConfigError("--listen and --admin are the same address: each needs its own port")
-    filters: list[MongoFilterConfig] = []
-    if not args.no_filters:
-        filters.append(StatsFilterConfig())
-        if args.access_log:
-            filters.append(AccessLogFilterConfig(path=args.access_log))
-        filters.append(TopologyRewriteFilterConfig(mode=args.topology))
     options: dict[str, Any] = {"on_decode_error": args.on_decode_error}
-    if args.max_message_size is not None:
-        options["max_message_size"] = args.max_message_size
     if args.idle_timeout is not None:
         options["idle_timeout"] = args.idle_timeout
-    config = mongo_sidecar_config(
-        listen=args.listen,
-        upstream=args.upstream,
-        admin=args.admin,
-        stat_prefix=args.stat_prefix,
-        filters=filters,
-        **options,
-    )
+    access_log = [AccessLogFilterConfig(path=args.access_log)] if args.access_log else []
+    if args.protocol == "dynamo":
+        options["invalid_requests"] = args.invalid_requests
+        if args.upstream_timeout is not None:
+            options["upstream_timeout"] = args.upstream_timeout
+        if args.max_body_size is not None:
+            options["max_body_size"] = args.max_body_size
+        dynamo_filters = [] if args.no_filters else [DynamoStatsFilterConfig(), *access_log]
+        config = dynamo_sidecar_config(
+            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
+            filters=dynamo_filters, **options,
+        )
+    else:
+        filters: list[MongoFilterConfig] = []
+        if not args.no_filters:
+            filters = [StatsFilterConfig(), *access_log, TopologyRewriteFilterConfig(mode=args.topology)]
+        if args.max_message_size is not None:
+            options["max_message_size"] = args.max_message_size
+        config = mongo_sidecar_config(
+            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
+            filters=filters, **options,
+        )
     if args.drain_timeout is not None:
         config = config.model_copy(update={"drain_timeout": args.drain_timeout})
     return config

@@ -15,7 +15,16 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 # -- scalar types ---------------------------------------------------------------------------------------
 
@@ -154,20 +163,76 @@ def _default_mongo_filters() -> list[MongoFilterConfig]:
     return [StatsFilterConfig(), TopologyRewriteFilterConfig()]
 
 
+class DynamoStatsFilterConfig(_Model):
+    type: Literal["stats"] = "stats"
+    max_keys: Annotated[int, Field(ge=1)] = 10_000
+    """Distinct tables (and operation x table pairs) with stats of their own; more share ``_overflow``."""
+    hot_keys: Annotated[int, Field(ge=0)] = 100
+    """Partition keys kept per table in the hot-key sketch (``/dynamodb/hot_keys``); 0 turns it off."""
+
+
+class DynamoMatchConfig(_Model):
+    """Which requests a fault applies to; an unset field matches everything."""
+
+    operations: list[str] | None = None
+    tables: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _known_operations(self) -> DynamoMatchConfig:
+        if self.operations:
+            from meshproxy.codecs.dynamo import operation_names
+
+            known = set(operation_names("dynamodb")) | set(operation_names("dynamodbstreams"))
+            for index, name in enumerate(self.operations):
+                if name not in known:
+                    close = difflib.get_close_matches(name, sorted(known), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise _LocatedError(
+                        [(("operations", index), f"{name!r} is not a DynamoDB operation in botocore's model{hint}")]
+                    )
+        return self
+
+
+class DynamoAbortConfig(_Model):
+    error_type: str = "ThrottlingException"
+    """Any DynamoDB error ``__type``; the HTTP status follows from it (400 for throttling, 500 for
+    ``InternalServerError``)."""
+    message: str = "Rate of requests exceeds the allowed throughput (injected by meshproxy)"
+    percentage: float = Field(100.0, ge=0, le=100)
+
+
+class DynamoFaultFilterConfig(_Model):
+    type: Literal["fault"] = "fault"
+    delay: FixedDelay | None = None
+    abort: DynamoAbortConfig | None = None
+    match: DynamoMatchConfig = DynamoMatchConfig()
+
+    @model_validator(mode="after")
+    def _needs_a_fault(self) -> DynamoFaultFilterConfig:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault filter needs 'delay', 'abort' or both")
+        return self
+
+
+DynamoFilterConfig = Annotated[
+    DynamoStatsFilterConfig | DynamoFaultFilterConfig | AccessLogFilterConfig,
+    Field(discriminator="type"),
+]
+
+
+def _default_dynamo_filters() -> list[DynamoFilterConfig]:
+    return [DynamoStatsFilterConfig()]
+
+
 # -- listeners, clusters, admin -------------------------------------------------------------------------
 
 
-class ListenerConfig(_Model):
+class _ListenerBase(_Model):
     name: str
     address: Address
-    protocol: Literal["mongo", "tcp", "auto"] = "mongo"
-    """``auto`` sniffs the first bytes of each connection; bytes no codec claims are passed through."""
     cluster: str
     stat_prefix: str | None = None
-    """Stats scope (``mongo.<stat_prefix>.*``); defaults to the listener's name."""
-    filters: list[MongoFilterConfig] = Field(default_factory=_default_mongo_filters)
-    max_message_size: Annotated[ByteSize, Field(ge=16)] = DEFAULT_MAX_MESSAGE_SIZE
-    """At least 16 bytes (one message header): the decoder cannot frame anything smaller."""
+    """Stats scope (``mongo.<stat_prefix>.*``, ``dynamodb.<stat_prefix>.*``); defaults to the listener's name."""
     on_decode_error: Literal["close", "passthrough"] = "close"
     """``close`` the one connection that sent bad bytes, or ``passthrough``: stop decoding it and
     forward its remaining bytes untouched."""
@@ -178,6 +243,53 @@ class ListenerConfig(_Model):
     @property
     def prefix(self) -> str:
         return self.stat_prefix or self.name
+
+
+class ListenerConfig(_ListenerBase):
+    """A MongoDB listener (``protocol: mongo``), or a plain (``tcp``) or sniffing (``auto``) one."""
+
+    protocol: Literal["mongo", "tcp", "auto"] = "mongo"
+    """``auto`` sniffs the first bytes of each connection; bytes no codec claims are passed through."""
+    filters: list[MongoFilterConfig] = Field(default_factory=_default_mongo_filters)
+    max_message_size: Annotated[ByteSize, Field(ge=16)] = DEFAULT_MAX_MESSAGE_SIZE
+    """At least 16 bytes (one message header): the decoder cannot frame anything smaller."""
+
+
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+"""Largest HTTP head accepted (64 KiB, as AWS's load balancers allow): a larger one is answered 431."""
+DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+"""Largest HTTP body accepted (16 MiB, DynamoDB's own request limit for BatchWriteItem): larger is 413."""
+
+
+class DynamoListenerConfig(_ListenerBase):
+    """A DynamoDB listener: HTTP/1.1 requests carrying DynamoDB's JSON protocol."""
+
+    protocol: Literal["dynamo"]
+    filters: list[DynamoFilterConfig] = Field(default_factory=_default_dynamo_filters)
+    max_header_size: Annotated[ByteSize, Field(ge=16)] = DEFAULT_MAX_HEADER_SIZE
+    max_body_size: ByteSize = DEFAULT_MAX_BODY_SIZE
+    invalid_requests: Literal["forward", "reject"] = "forward"
+    """A well-framed request with no usable ``X-Amz-Target`` or a body that is not JSON: ``forward`` it
+    (DynamoDB answers it; stats count it) or ``reject`` it here with DynamoDB's own error
+    (``UnknownOperationException`` / ``SerializationException``, status 400)."""
+    upstream_timeout: Duration = 60.0
+    """Longest wait for an upstream response; past it the client gets a 504 and the upstream connection is
+    closed (Envoy's route timeout is 15 s; DynamoDB's SDKs wait 60 s by default). 0 disables."""
+
+
+LISTENER_PROTOCOLS = ("mongo", "dynamo", "tcp", "auto")
+
+
+def _listener_kind(value: Any) -> str:
+    protocol = value.get("protocol") if isinstance(value, dict) else getattr(value, "protocol", None)
+    return "dynamo" if protocol == "dynamo" else "mongo"
+
+
+AnyListenerConfig = Annotated[
+    Annotated[ListenerConfig, Tag("mongo")] | Annotated[DynamoListenerConfig, Tag("dynamo")],
+    Discriminator(_listener_kind),
+]
+"""A listener of any protocol; ``protocol`` decides which model (and so which filters) applies."""
 
 
 class ClusterConfig(_Model):
@@ -192,7 +304,7 @@ class AdminConfig(_Model):
 
 class MeshConfig(_Model):
     admin: AdminConfig | None = AdminConfig()
-    listeners: list[ListenerConfig] = Field(min_length=1)
+    listeners: list[AnyListenerConfig] = Field(min_length=1)
     clusters: list[ClusterConfig] = Field(min_length=1)
     drain_timeout: Duration = 10.0
     """On SIGTERM/SIGINT: stop accepting, let in-flight operations finish for this long, then close."""
@@ -249,12 +361,18 @@ def _bare(annotation: Any) -> Any:
 
 
 def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
-    """``{"fault": FaultFilterConfig, ...}`` for a union of models tagged by their ``type`` field."""
+    """``{"fault": FaultFilterConfig, ...}`` for a union of models tagged by their ``type`` field, or
+    ``{"dynamo": DynamoListenerConfig, ...}`` for one whose members carry an explicit ``Tag``."""
     if get_origin(annotation) not in (Union, UnionType):
         return {}
     members: dict[str, type[BaseModel]] = {}
     for member in get_args(annotation):
-        if isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields:
+        if get_origin(member) is Annotated:
+            model, *metadata = get_args(member)
+            for tag in metadata:
+                if isinstance(tag, Tag):
+                    members[tag.tag] = model
+        elif isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields:
             members[str(member.model_fields["type"].default)] = member
     return members
 
@@ -338,6 +456,10 @@ def _describe_error(error: Any) -> list[tuple[Location, str]]:
     if kind in ("list_type", "tuple_type"):
         return [(location, f"expected a list, got {_kind(given)}")]
     expected = _EXPECTED.get(kind)
+    if kind == "literal_error" and location[:1] == ("listeners",) and location[2:] == ("protocol",):
+        # Each protocol has its own listener model, so pydantic lists only the protocols of the one it tried.
+        *first, last = (repr(p) for p in LISTENER_PROTOCOLS)
+        expected = f"one of {', '.join(first)} or {last}"
     if expected is None and kind == "literal_error":
         expected = f"one of {ctx.get('expected')}"
     if expected is None and kind in _BOUNDS:
@@ -542,6 +664,39 @@ def mongo_sidecar_config(
     }
     if filters is not None:
         listener["filters"] = filters
+    return config_from_dict(
+        {
+            "admin": None if admin is None else {"address": admin},
+            "listeners": [listener],
+            "clusters": [{"name": "upstream", "hosts": [upstream]}],
+        },
+        source="<sidecar>",
+    )
+
+
+def dynamo_sidecar_config(
+    *,
+    listen: tuple[str, int],
+    upstream: tuple[str, int],
+    admin: tuple[str, int] | None = ("127.0.0.1", 9901),
+    stat_prefix: str = "dynamodb",
+    filters: list[Any] | None = None,
+    **listener_options: Any,
+) -> MeshConfig:
+    """The configuration ``meshproxy sidecar dynamo`` runs: one DynamoDB listener in front of one endpoint.
+
+    ``filters`` takes models or plain mappings (``{"type": "fault", "abort": {...}}``), as in a file.
+    """
+    listener: dict[str, Any] = {
+        "name": stat_prefix,
+        "address": listen,
+        "protocol": "dynamo",
+        "cluster": "upstream",
+        "stat_prefix": stat_prefix,
+        **listener_options,
+    }
+    if filters is not None:
+        listener["filters"] = [f.model_dump() if isinstance(f, BaseModel) else f for f in filters]
     return config_from_dict(
         {
             "admin": None if admin is None else {"address": admin},

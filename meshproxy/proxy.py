@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from meshproxy.admin import AdminServer, AdminState, ClusterStatus, HostStatus
+from meshproxy.admin import AdminRequest, AdminResponse, AdminServer, AdminState, ClusterStatus, HostStatus, Route
 from meshproxy.cluster import Cluster
 from meshproxy.config import MeshConfig
+from meshproxy.filters.dynamo.stats import DynamoStatsFilter
 from meshproxy.stats import StatsStore
 from meshproxy.transport.listener import ListenerRuntime
 
@@ -72,6 +73,13 @@ class Proxy:
                     state=self.state,
                     clusters=self.cluster_status,
                     config_dump=self.config_dump,
+                    extra_routes=[
+                        Route(
+                            "/dynamodb/hot_keys",
+                            self._hot_keys,
+                            "hottest DynamoDB partition keys per listener and table (?table=NAME, ?limit=N)",
+                        )
+                    ],
                 )
                 self.admin_address = await self._task_group.start(self.admin.serve)
                 log.info("admin on http://%s:%d/", *self.admin_address)
@@ -115,6 +123,25 @@ class Proxy:
         return self.listeners[name].address
 
     # -- admin views ----------------------------------------------------------------------------------
+
+    def _hot_keys(self, request: AdminRequest) -> AdminResponse:
+        """``{listener: {table: [{"key": value, "count": n}, ...]}}``, hottest first, from each DynamoDB
+        listener's stats filter (counts are the sketch's upper bounds: see docs/dynamo.md)."""
+        wanted = request.param("table")
+        limit_text = request.param("limit") or "20"
+        if not limit_text.isdigit() or int(limit_text) < 1:
+            return AdminResponse(400, f"limit must be a positive whole number, got {limit_text!r}\n")
+        limit = int(limit_text)
+        view: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for name, listener in self.listeners.items():
+            for f in listener.dynamo_filters:
+                if isinstance(f, DynamoStatsFilter):
+                    tables = [wanted] if wanted is not None else f.hot_tables()
+                    view[name] = {
+                        table: [{"key": key, "count": count} for key, count in f.hot_keys(table)[:limit]]
+                        for table in tables
+                    }
+        return AdminResponse.json(view)
 
     def cluster_status(self) -> list[ClusterStatus]:
         return [

@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, cast
 import anyio
 
 from meshproxy.codecs import sniff
-from meshproxy.config import ListenerConfig
+from meshproxy.config import DynamoListenerConfig, ListenerConfig
+from meshproxy.filters.dynamo.api import DynamoFilter
+from meshproxy.filters.dynamo.factory import build_dynamo_filters
 from meshproxy.filters.mongo.api import MongoFilter
 from meshproxy.filters.mongo.factory import build_mongo_filters
 from meshproxy.stats import Counter, Gauge, StatsStore
+from meshproxy.transport.dynamo_session import DynamoSession
 from meshproxy.transport.mongo_session import MongoSession
 from meshproxy.transport.relay import Relay
 
@@ -52,10 +55,40 @@ class MongoSessionStats:
     filter_error: Counter
 
 
+@dataclass(slots=True)
+class DynamoSessionStats:
+    """Stats the DynamoDB session itself keeps, whatever filters are configured."""
+
+    decoding_error: Counter
+    """Requests (or responses) that could not be framed as HTTP/1.1, or were cut short."""
+    filter_error: Counter
+    cx_drain_close: Counter
+    upstream_rq_timeout: Counter
+    """Requests answered 504: no response within ``upstream_timeout``."""
+    upstream_reset: Counter
+    """Requests answered 503: the upstream connection closed before their response."""
+    upstream_connect_error: Counter
+    """Requests answered 503: no upstream connection could be made."""
+    unexpected_response: Counter
+    """Responses that arrived when no request was waiting (the upstream connection is closed)."""
+    rejected: Counter
+    """Requests answered by the proxy under ``invalid_requests: reject``."""
+
+    @classmethod
+    def create(cls, stats: StatsStore, prefix: str) -> DynamoSessionStats:
+        labels = {"prefix": prefix}
+        return cls(
+            *(
+                stats.counter(f"dynamodb.{prefix}.{name}", prom=f"meshproxy_dynamodb_{name}", labels=labels)
+                for name in cls.__dataclass_fields__
+            )
+        )
+
+
 class ListenerRuntime:
     """A bound listener and the sessions it owns."""
 
-    def __init__(self, config: ListenerConfig, cluster: Cluster, stats: StatsStore) -> None:
+    def __init__(self, config: ListenerConfig | DynamoListenerConfig, cluster: Cluster, stats: StatsStore) -> None:
         self.config = config
         self.name = config.name
         self.cluster = cluster
@@ -109,8 +142,10 @@ class ListenerRuntime:
                 f"mongo.{prefix}.filter_error", prom="meshproxy_mongo_filter_error", labels=mongo_labels
             ),
         )
+        self.dynamo_stats = DynamoSessionStats.create(stats, prefix)
         self._stats_store = stats
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
+        self.dynamo_filters: list[DynamoFilter] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -129,12 +164,18 @@ class ListenerRuntime:
         self.address = (sockname[0], sockname[1])
         advertised_host = "127.0.0.1" if self.address[0] in ("0.0.0.0", "::", "") else self.address[0]
         self.advertised_address = (advertised_host, self.address[1])
-        self.mongo_filters = build_mongo_filters(
-            list(self.config.filters),
-            stats=self._stats_store,
-            prefix=self.config.prefix,
-            listener_address=self.advertised_address,
-        )
+        config = self.config
+        if isinstance(config, DynamoListenerConfig):
+            self.dynamo_filters = build_dynamo_filters(
+                list(config.filters), stats=self._stats_store, prefix=config.prefix
+            )
+        else:
+            self.mongo_filters = build_mongo_filters(
+                list(config.filters),
+                stats=self._stats_store,
+                prefix=config.prefix,
+                listener_address=self.advertised_address,
+            )
         log.info(
             "listener %s (%s) on %s:%d -> cluster %s",
             self.name, self.config.protocol, self.address[0], self.address[1], self.cluster.name,
@@ -155,6 +196,8 @@ class ListenerRuntime:
             session.close(local=True)
         for f in self.mongo_filters:
             f.close()
+        for g in self.dynamo_filters:
+            g.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -165,6 +208,8 @@ class ListenerRuntime:
         protocol = self.config.protocol
         if protocol == "mongo":
             return MongoSession(self, connection_id)
+        if protocol == "dynamo":
+            return DynamoSession(self, connection_id)
         if protocol == "tcp":
             return Relay(self, connection_id)
         return _Sniffer(self, connection_id)

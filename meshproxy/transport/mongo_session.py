@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, encode
+from meshproxy.config import ListenerConfig
 from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation
 from meshproxy.transport.relay import Relay
 
@@ -43,7 +44,10 @@ class MongoSession(Relay):
 
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
         super().__init__(listener, connection_id)
-        limit = listener.config.max_message_size
+        config = listener.config
+        assert isinstance(config, ListenerConfig), "a Mongo session on a listener of another protocol"
+        self.config = config
+        limit = config.max_message_size
         self.request_decoder = MongoDecoder(max_message_size=limit)
         # Replies come from the upstream this proxy chose: their framing is checked, and filters validate
         # the parts of a reply they read (a reply summary decodes it), so the top-level walk is skipped.
@@ -124,7 +128,7 @@ class MongoSession(Relay):
         request = op.request
         if op.expects_reply:
             self.pending[request.header.request_id] = op
-            self._requests_started()
+            self.requests_started()
         out.append(encode(request) if op.request_replaced else request.raw)
         return None
 
@@ -207,7 +211,7 @@ class MongoSession(Relay):
             if more_to_come:
                 pending[header.request_id] = op
             else:
-                self._requests_finished(1)
+                self.requests_finished(1)
             response = op.response
             out.append(encode(response) if op.response_replaced else response.raw)
         self.send_downstream(_join(out))
@@ -236,21 +240,6 @@ class MongoSession(Relay):
             except Exception as error:  # e.g. a reply whose BSON is broken deep inside: still forward it
                 self._filter_failed(f, error)
 
-    def _requests_started(self) -> None:
-        cluster = self.listener.cluster.stats
-        cluster.upstream_rq_total.value += 1
-        cluster.upstream_rq_active.value += 1
-        host = self.host
-        if host is not None:
-            host.stats.rq_total.value += 1
-            host.stats.rq_active.value += 1
-
-    def _requests_finished(self, count: int) -> None:
-        self.listener.cluster.stats.upstream_rq_active.value -= count
-        host = self.host
-        if host is not None:
-            host.stats.rq_active.value -= count
-
     # -- errors, drain, close -------------------------------------------------------------------------
 
     def _filter_failed(self, mongo_filter: MongoFilter, error: Exception) -> None:
@@ -263,7 +252,7 @@ class MongoSession(Relay):
 
     def _decode_failed(self, error: DecodeError, decoder: MongoDecoder, direction: str) -> None:
         self.mongo_stats.decoding_error.inc()
-        policy = self.listener.config.on_decode_error
+        policy = self.config.on_decode_error
         log.warning(
             "listener %s: connection %d from %s: undecodable %s (%s); %s",
             self.listener.name, self.connection_id, self.info.client, direction, error,
@@ -339,7 +328,7 @@ class MongoSession(Relay):
         for f in self.filters:
             f.on_connection_close(self.info, active_operations=active, local=local)
         if self.pending:
-            self._requests_finished(len(self.pending))
+            self.requests_finished(len(self.pending))
         self.pending.clear()
         self._stream_key.clear()
         self._stream_origin.clear()

@@ -103,18 +103,35 @@ class Relay(asyncio.Protocol):
             local_address=self.listener.advertised_address,
         )
         self.listener.connection_opened(self)
-        self.host = self.listener.cluster.pick()
         self.on_open()
-        self._connect_task = self.loop.create_task(self._connect_upstream(self.host))
+        if self.dial_at_accept:
+            self.dial()
         if self.listener.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.listener.idle_timeout, self._idle_check)
+
+    dial_at_accept = True
+    """Dial the upstream as soon as a client connects (byte relays, Mongo). HTTP sessions dial when a request
+    is ready to go, and again after the server closes a connection."""
+
+    def dial(self) -> None:
+        """Pick a host and connect to it; client bytes sent meanwhile wait in the backlog."""
+        self.host = self.listener.cluster.pick()
+        self._connect_task = self.loop.create_task(self._connect_upstream(self.host))
+
+    @property
+    def dialling(self) -> bool:
+        return self._connect_task is not None and not self._connect_task.done()
+
+    def upstream_protocol(self) -> asyncio.Protocol:
+        """The protocol object for a new upstream connection (a session may track its generation)."""
+        return _UpstreamProtocol(self)
 
     async def _connect_upstream(self, host: Host) -> None:
         cluster = self.listener.cluster
         try:
             async with asyncio.timeout(cluster.connect_timeout):
                 transport, _ = await self.loop.create_connection(
-                    lambda: _UpstreamProtocol(self), host.address[0], host.address[1]
+                    self.upstream_protocol, host.address[0], host.address[1]
                 )
         except TimeoutError:
             cluster.stats.upstream_cx_connect_timeout.inc()
@@ -222,6 +239,24 @@ class Relay(asyncio.Protocol):
     def send_downstream(self, data: bytes) -> None:
         if not self.closed:
             self.down_transport.write(data)
+
+    # -- request accounting (protocol sessions) ---------------------------------------------------------
+
+    def requests_started(self) -> None:
+        """One request went upstream: the cluster's and the host's ``upstream_rq_total`` / ``_active``."""
+        cluster = self.listener.cluster.stats
+        cluster.upstream_rq_total.value += 1
+        cluster.upstream_rq_active.value += 1
+        host = self.host
+        if host is not None:
+            host.stats.rq_total.value += 1
+            host.stats.rq_active.value += 1
+
+    def requests_finished(self, count: int) -> None:
+        self.listener.cluster.stats.upstream_rq_active.value -= count
+        host = self.host
+        if host is not None:
+            host.stats.rq_active.value -= count
 
     # -- protocol hooks (override) --------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from meshproxy.codecs.http1._messages import (
     HttpResponse,
     decoded_body,
     encode,
+    header_value,
     looks_like_http1,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "HttpResponse",
     "decoded_body",
     "encode",
+    "header_value",
     "looks_like_http1",
 ]

@@ -29,7 +29,7 @@ from meshproxy.codecs.http1._framing import (
     ChunkScanner,
     body_length,
 )
-from meshproxy.codecs.http1._messages import Headers, HttpMessage, HttpRequest, HttpResponse
+from meshproxy.codecs.http1._messages import Headers, HttpMessage, HttpRequest, HttpResponse, header_value
 
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 """The whole request head (request line + headers): AWS Application Load Balancers accept 64 KiB of
@@ -315,6 +315,19 @@ class Http1RequestDecoder(_Http1Decoder):
     def end_of_stream(self) -> list[HttpRequest]:
         """The client closed its side: raises ``DecodeError("truncated")`` if a request was cut short."""
         return self._end_of_stream()  # type: ignore[return-value]
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The request being received has sent its head with ``Expect: 100-continue`` and not all its body.
+
+        Such a client may wait (botocore does, for a while) for an interim ``100 Continue`` before sending the
+        body; whoever owns the connection answers it, since this decoder only returns whole requests.
+        """
+        head = self._head
+        if head is None:
+            return False
+        value = header_value(head.headers, b"expect")
+        return value is not None and value.strip().lower() == b"100-continue"
 
     def _new_parser(self, head: _Head) -> httptools.HttpRequestParser:
         return httptools.HttpRequestParser(head)

@@ -15,7 +15,7 @@ from meshproxy.codecs.errors import DecodeError
 Headers = list[tuple[bytes, bytes]]
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
+def header_value(headers: Headers, name: bytes) -> bytes | None:
     wanted = name.lower()
     found: list[bytes] = [value for key, value in headers if key.lower() == wanted]
     if not found:
@@ -45,7 +45,7 @@ class HttpRequest:
 
     def header(self, name: bytes) -> bytes | None:
         """The value of header ``name`` (any case); repeated headers joined by ``, ``; None when absent."""
-        return _header(self.headers, name)
+        return header_value(self.headers, name)
 
     @property
     def expects_continue(self) -> bool:
@@ -69,7 +69,7 @@ class HttpResponse:
 
     def header(self, name: bytes) -> bytes | None:
         """The value of header ``name`` (any case); repeated headers joined by ``, ``; None when absent."""
-        return _header(self.headers, name)
+        return header_value(self.headers, name)
 
     @property
     def interim(self) -> bool:

@@ -159,6 +159,7 @@ class DynamoStatsFilter(DynamoFilter):
         self.prefix = prefix
         self.max_keys = max_keys
         self.hot_key_capacity = hot_keys
+        """0 keeps no sketch at all."""
         self._scope = f"dynamodb.{prefix}."
         labels = _labels(prefix)
 
@@ -494,7 +495,7 @@ class DynamoStatsFilter(DynamoFilter):
             return
         sketch = self._hot.get(table)
         if sketch is None:
-            if len(self._hot) >= self.max_keys:
+            if len(self._hot) >= self.max_keys or not self.hot_key_capacity:
                 return
             sketch = self._hot[table] = SpaceSaving(self.hot_key_capacity)
         sketch.add(raw)

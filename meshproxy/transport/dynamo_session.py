@@ -1,0 +1,569 @@
+"""The DynamoDB proxy session: HTTP/1.1 framing + DynamoDB parsing + filter chain, for one client connection.
+
+Each request is framed by ``meshproxy.codecs.http1``, read by ``meshproxy.codecs.dynamo.parse_request``,
+wrapped in a ``DynamoOperation`` and passed through the filters; the response comes back through them in
+reverse order. Unchanged messages are forwarded as their exact bytes.
+
+The client's connection and the upstream connection live separate lives, as in any HTTP proxy:
+
+- **Keep-alive is the proxy's business on each side.** A server that answers ``Connection: close`` (moto
+  does, on every response) or closes after a response costs the proxy a new upstream connection for the
+  next request, not the client its connection: the ``Connection: close`` is taken off the response the
+  client sees. The upstream connection is dialled when a request is ready to go.
+- **One request is upstream at a time.** Pipelined requests wait in order in the session (HTTP/1.1 answers
+  in order anyway) and go up one by one. So a server that closes after a response never takes unanswered
+  requests down with it, a fault delay holds exactly the requests behind it, and a local answer (an injected
+  error) is never written before the response to an earlier request.
+- **``Expect: 100-continue`` is answered here**, once the requests ahead of it are answered: the request is
+  only forwarded whole (filters need its body), so the client must be told to send it. The server's own
+  interim ``100`` is then dropped: the client has had one.
+- **A failed upstream answers the one request**, not the connection: 503 when the server cannot be reached
+  or resets before answering, 504 after ``upstream_timeout``; the client's connection stays open.
+
+Bad input (``DecodeError`` from the framing: malformed HTTP, smuggling attempts, a head or body past the
+limits) is counted in ``dynamodb.<prefix>.decoding_error`` and answered with 400, 431 or 413 before the
+connection is closed; under ``on_decode_error: passthrough`` the connection is relayed undecoded from then
+on instead. A well-framed request that is not a DynamoDB request (no or unknown ``X-Amz-Target``, a body
+that is not JSON) is forwarded and counted, or answered with DynamoDB's own error under
+``invalid_requests: reject``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import replace
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from meshproxy.codecs.dynamo import crc32_of, error_response, parse_request, parse_response
+from meshproxy.codecs.errors import DecodeError
+from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
+from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse
+from meshproxy.transport.relay import Relay, _UpstreamProtocol
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Host
+    from meshproxy.config import DynamoListenerConfig
+    from meshproxy.stats import Counter
+    from meshproxy.transport.listener import ListenerRuntime
+
+log = logging.getLogger("meshproxy.dynamo")
+
+_now_ns = time.monotonic_ns
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+QUEUE_LIMIT = 1 << 20
+"""Bytes of pipelined requests waiting behind the one upstream (1 MiB) before the client's reading pauses."""
+
+_DECODE_ERROR_STATUS = {"head_too_large": 431, "body_too_large": 413}
+"""The status a framing error is answered with; any other reason is a 400."""
+
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive"})
+"""Response headers about the upstream connection, which the client's connection does not share."""
+
+
+class _SessionUpstream(_UpstreamProtocol):
+    """An upstream connection of a DynamoDB session; once detached, its late callbacks are ignored."""
+
+    __slots__ = ("detached",)
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay)
+        self.detached = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.detached:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        return False if self.detached else super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.detached:
+            super().connection_lost(exc)
+
+
+class _InFlight:
+    """The request that is upstream now, and what answering it needs."""
+
+    __slots__ = ("op", "request", "timer")
+
+    def __init__(self, op: DynamoOperation, request: HttpRequest) -> None:
+        self.op = op
+        self.request = request
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class DynamoSession(Relay):
+    """A DynamoDB client connection through the proxy."""
+
+    dial_at_accept = False
+
+    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+        super().__init__(listener, connection_id)
+        config: DynamoListenerConfig = listener.config  # type: ignore[assignment]
+        self.config = config
+        self.request_decoder = Http1RequestDecoder(config.max_header_size, config.max_body_size)
+        self.response_decoder = Http1ResponseDecoder(config.max_header_size, config.max_body_size)
+        self.filters: list[DynamoFilter] = listener.dynamo_filters
+        self.session_stats = listener.dynamo_stats
+        self.queue: deque[HttpRequest] = deque()
+        self.queued_bytes = 0
+        self.in_flight: _InFlight | None = None
+        self.passthrough = False
+        self._upstream: _SessionUpstream | None = None
+        self._delay_handle: asyncio.TimerHandle | None = None
+        self._continue_sent = False
+        """An interim 100 went to the client for the request being received."""
+        self._client_done = False
+        """The client closed its sending side: answer what it sent, then close."""
+        self._pending_error: DecodeError | None = None
+        """A request that could not be framed, answered (and the connection closed) once those before it are."""
+        self._draining = False
+        self._reading_paused = False
+
+    # -- requests from the client ---------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        for f in self.filters:
+            f.on_connection_open(self.info)
+
+    def on_downstream_data(self, data: bytes) -> None:
+        if self.passthrough:
+            self.send_upstream(data)
+            return
+        try:
+            requests = self.request_decoder.feed(data)
+        except DecodeError as error:
+            self._request_decode_failed(error)
+            return
+        if requests:
+            self._continue_sent = False
+            self._enqueue(requests)
+        self._maybe_continue()
+
+    def _enqueue(self, requests: list[HttpRequest]) -> None:
+        for request in requests:
+            self.queue.append(request)
+            self.queued_bytes += len(request.raw)
+        if self.queued_bytes > QUEUE_LIMIT and not self._reading_paused:
+            self._reading_paused = True
+            self.down_transport.pause_reading()
+        self._pump()
+
+    def _maybe_continue(self) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body, once nothing is ahead of it
+        (an interim response written earlier would be read as one to the request before)."""
+        if (
+            not self._continue_sent
+            and not self.queue
+            and self.in_flight is None
+            and self._delay_handle is None
+            and self.request_decoder.awaiting_continue
+            and not self.closed
+        ):
+            self._continue_sent = True
+            self.send_downstream(CONTINUE)
+
+    def _pump(self) -> None:
+        """Start queued requests until one goes upstream (or is delayed); local answers go at once."""
+        queue = self.queue
+        while queue and self.in_flight is None and self._delay_handle is None and not self.closed:
+            request = queue.popleft()
+            self.queued_bytes -= len(request.raw)
+            op = DynamoOperation(self.info, parse_request(request.headers, request.body), _now_ns(), len(request.raw))
+            self._run_request_filters(op, request, 0)
+        if self.closed:
+            return
+        if self._reading_paused and self.queued_bytes <= QUEUE_LIMIT // 2:
+            self._reading_paused = False
+            self.down_transport.resume_reading()
+        self._maybe_continue()
+        self._settle()
+
+    def _settle(self) -> None:
+        """With nothing left in flight: answer a pending framing error, or close for the client's EOF or a
+        drain. Called after every step that may have finished the connection's work."""
+        if self.closed or self.busy:
+            return
+        error = self._pending_error
+        if error is not None:
+            self._pending_error = None
+            status = _DECODE_ERROR_STATUS.get(error.reason, 400)
+            body = f"meshproxy: {error}\n".encode()
+            self.send_downstream(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (status, _reason(status), len(body), body)
+            )
+            self.close(local=True)
+        elif self._client_done:
+            self.close(local=False)
+        elif self._draining:
+            self.session_stats.cx_drain_close.inc()
+            self.close(local=True)
+
+    def _run_request_filters(self, op: DynamoOperation, request: HttpRequest, first: int) -> None:
+        filters = self.filters
+        for index in range(first, len(filters)):
+            try:
+                action = filters[index].on_request(op)
+            except Exception as error:  # a filter's bug must not lose the client's request
+                self._filter_failed(filters[index], error)
+                continue
+            if action is None:
+                continue
+            if isinstance(action, Delay):
+                self._delay_handle = self.loop.call_later(action.seconds, self._release, op, request, index + 1)
+                return
+            if isinstance(action, LocalResponse):
+                op.local_response = True
+                self._answer_locally(op, request, action, filters[: index + 1])
+                return
+        if self.config.invalid_requests == "reject" and (reply := _rejection(op)) is not None:
+            self.session_stats.rejected.inc()
+            self._answer_locally(op, request, reply, filters)
+            return
+        self._forward(op, request)
+
+    def _release(self, op: DynamoOperation, request: HttpRequest, next_filter: int) -> None:
+        self._delay_handle = None
+        if self.closed:
+            return
+        self._run_request_filters(op, request, next_filter)
+        self._pump()
+
+    def _forward(self, op: DynamoOperation, request: HttpRequest) -> None:
+        self.in_flight = in_flight = _InFlight(op, request)
+        if self.up_transport is None and not self.dialling:
+            self.dial()
+        self.requests_started()
+        self.response_decoder.expect_response(head=request.method == b"HEAD")
+        self.send_upstream(request.raw)
+        timeout = self.config.upstream_timeout
+        if timeout > 0:
+            in_flight.timer = self.loop.call_later(timeout, self._upstream_timed_out, in_flight)
+
+    def _answer_locally(
+        self, op: DynamoOperation, request: HttpRequest, reply: LocalResponse, filters: list[DynamoFilter]
+    ) -> None:
+        response = HttpResponse(
+            status=reply.status,
+            reason=_reason(reply.status),
+            version="1.1",
+            headers=list(reply.headers),
+            body=reply.body,
+            raw=b"",
+            keep_alive=True,
+        )
+        self._respond(op, request, response, filters)
+
+    # -- responses from the server --------------------------------------------------------------------
+
+    def upstream_protocol(self) -> asyncio.Protocol:
+        self._upstream = _SessionUpstream(self)
+        return self._upstream
+
+    def on_upstream_data(self, data: bytes) -> None:
+        if self.passthrough:
+            self.send_downstream(data)
+            return
+        try:
+            responses = self.response_decoder.feed(data)
+        except DecodeError as error:
+            self._response_decode_failed(error)
+            return
+        for response in responses:
+            self._upstream_response(response)
+            if self.closed or self.passthrough:
+                return
+
+    def _upstream_response(self, response: HttpResponse) -> None:
+        in_flight = self.in_flight
+        if response.interim:
+            # 100 was answered by the proxy already; others (103 Early Hints) pass.
+            if response.status != 100 and in_flight is not None:
+                self.send_downstream(response.raw)
+            return
+        if in_flight is None:
+            # Nothing was asked: a server speaking out of turn. Its bytes cannot belong to any request.
+            self.session_stats.unexpected_response.inc()
+            self._detach_upstream()
+            return
+        self._finish_in_flight(in_flight)
+        if not response.keep_alive:
+            self._detach_upstream()  # the server closes after this response: the next request re-dials
+        self._respond(in_flight.op, in_flight.request, response, self.filters)
+        self._pump()
+
+    def _finish_in_flight(self, in_flight: _InFlight) -> None:
+        if in_flight.timer is not None:
+            in_flight.timer.cancel()
+        self.in_flight = None
+        self.requests_finished(1)
+
+    def _respond(
+        self, op: DynamoOperation, request: HttpRequest, response: HttpResponse, filters: list[DynamoFilter]
+    ) -> None:
+        """Run the response filters and write the response to the client (changed only where it must be)."""
+        op.finished_ns = _now_ns()
+        parsed = parse_response(response.status, response.headers, response.body, op.request)
+        op.response = parsed
+        op.response_size = len(response.raw) if response.raw else len(response.body)
+        for f in reversed(filters):
+            try:
+                f.on_response(op)
+            except Exception as error:  # still answer the client
+                self._filter_failed(f, error)
+        changed = op.response is not parsed and op.response is not None
+        if changed:
+            assert op.response is not None
+            response = _with_body(response, op.response.status, op.response.body)
+        # The last response of a draining connection says so, so the client does not send another request.
+        closing = not request.keep_alive or (self._draining and not self.queue)
+        self.send_downstream(_client_bytes(response, changed, closing))
+        if closing and not self.closed:
+            if self._draining:
+                self.session_stats.cx_drain_close.inc()
+            self.close(local=True)
+
+    # -- upstream failures ----------------------------------------------------------------------------
+
+    def _connect_failed(self, host: Host, reason: str) -> None:
+        cluster = self.listener.cluster
+        cluster.stats.upstream_cx_connect_fail.inc()
+        if self.host is not None:
+            self.host.stats.cx_connect_fail.inc()
+        log.warning(
+            "listener %s: connection %d from %s: cannot reach upstream %s: %s",
+            self.listener.name, self.connection_id, self.info.client, host.name, reason,
+        )
+        self._backlog.clear()
+        self._backlog_size = 0
+        self._fail_in_flight(503, f"upstream connect error: {reason}", self.session_stats.upstream_connect_error)
+
+    def upstream_eof(self) -> bool:
+        if self.passthrough:
+            return super().upstream_eof()
+        try:
+            responses = self.response_decoder.end_of_stream()  # completes a response framed by the close
+        except DecodeError:
+            responses = []
+        for response in responses:
+            self._upstream_response(response)
+        self._detach_upstream(remote=True)
+        return False
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.passthrough:
+            super().upstream_lost(exc)
+            return
+        self._detach_upstream(remote=True)
+
+    def _detach_upstream(self, *, remote: bool = False) -> None:
+        """Forget the current upstream connection (closing it); a request still on it gets a 503."""
+        transport, upstream = self.up_transport, self._upstream
+        if upstream is not None:
+            upstream.detached = True
+        self._upstream = None
+        if transport is not None:
+            self.up_transport = None
+            stats = self.listener.cluster.stats
+            stats.upstream_cx_active.dec()
+            if self.host is not None:
+                self.host.stats.cx_active.dec()
+            (stats.upstream_cx_destroy_remote if remote else stats.upstream_cx_destroy_local).inc()
+            transport.close()
+        self.response_decoder = Http1ResponseDecoder(self.config.max_header_size, self.config.max_body_size)
+        if self.in_flight is not None:
+            self._fail_in_flight(
+                503, "upstream connection closed before the response", self.session_stats.upstream_reset
+            )
+
+    def _upstream_timed_out(self, in_flight: _InFlight) -> None:
+        if self.in_flight is not in_flight or self.closed:
+            return
+        self.session_stats.upstream_rq_timeout.inc()
+        self.in_flight = None  # answered below; the connection that owes the response cannot be reused
+        self.requests_finished(1)
+        self._detach_upstream()
+        self._proxy_error(in_flight.op, in_flight.request, 504, "upstream request timeout")
+        self._pump()
+
+    def _fail_in_flight(self, status: int, text: str, counter: Counter) -> None:
+        in_flight = self.in_flight
+        if in_flight is None or self.closed:
+            return
+        self._finish_in_flight(in_flight)
+        counter.inc()
+        self._proxy_error(in_flight.op, in_flight.request, status, text)
+        self._pump()
+
+    def _proxy_error(self, op: DynamoOperation, request: HttpRequest, status: int, text: str) -> None:
+        """Answer a request the upstream did not: a plain-text status, as Envoy answers (SDKs retry 5xx)."""
+        body = f"meshproxy: {text}\n".encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        response = HttpResponse(status, _reason(status), "1.1", headers, body, b"", keep_alive=True)
+        self._respond(op, request, response, self.filters)
+
+    # -- bad input ------------------------------------------------------------------------------------
+
+    def _request_decode_failed(self, error: DecodeError) -> None:
+        self.session_stats.decoding_error.inc()
+        decoder = self.request_decoder
+        policy = self.listener.config.on_decode_error
+        log.warning(
+            "listener %s: connection %d from %s: undecodable request (%s); %s",
+            self.listener.name, self.connection_id, self.info.client, error,
+            "passing the rest of the connection through" if policy == "passthrough" else "answering and closing",
+        )
+        before = [m for m in decoder.decoded_before_error() if isinstance(m, HttpRequest)]
+        if policy == "passthrough":
+            self._start_passthrough(before, decoder.unconsumed())
+            return
+        # The bad request is answered in its turn, after the good ones before it; then the connection ends.
+        self._pending_error = error
+        self.down_transport.pause_reading()  # nothing after it can be framed
+        if before:
+            self._enqueue(before)
+        else:
+            self._settle()
+
+    def _response_decode_failed(self, error: DecodeError) -> None:
+        self.session_stats.decoding_error.inc()
+        log.warning(
+            "listener %s: connection %d: undecodable response from upstream (%s); answering 502",
+            self.listener.name, self.connection_id, error,
+        )
+        in_flight = self.in_flight
+        self._detach_upstream_quietly()
+        if in_flight is not None:
+            self._finish_in_flight(in_flight)
+            self._proxy_error(in_flight.op, in_flight.request, 502, f"invalid response from upstream: {error}")
+            self._pump()
+
+    def _detach_upstream_quietly(self) -> None:
+        in_flight, self.in_flight = self.in_flight, None
+        try:
+            self._detach_upstream()
+        finally:
+            self.in_flight = in_flight
+
+    def _start_passthrough(self, before: list[HttpRequest], leftover: bytes) -> None:
+        """Stop decoding: what is queued and what follows goes upstream as it is, and answers come back as
+        they are (the connection becomes as opaque as a TCP relay; its requests are no longer counted)."""
+        self.passthrough = True
+        if self._delay_handle is not None:
+            self._delay_handle.cancel()
+            self._delay_handle = None
+        data = b"".join([*(r.raw for r in self.queue), *(r.raw for r in before), leftover])
+        self.queue.clear()
+        self.queued_bytes = 0
+        if self.in_flight is not None:
+            self._finish_in_flight(self.in_flight)
+        if self.up_transport is None and not self.dialling:
+            self.dial()
+        if data:
+            self.send_upstream(data)
+
+    # -- filters, drain, close ------------------------------------------------------------------------
+
+    def _filter_failed(self, dynamo_filter: DynamoFilter, error: Exception) -> None:
+        self.session_stats.filter_error.inc()
+        log.error(
+            "listener %s: connection %d: filter %s failed (%s: %s); the message is forwarded unchanged",
+            self.listener.name, self.connection_id, type(dynamo_filter).__name__, type(error).__name__, error,
+            exc_info=True,
+        )
+
+    def eof_received(self) -> bool:
+        """The client finished sending: answer what it sent, then close (HTTP/1.1 has no half-open use)."""
+        if self.passthrough:
+            return super().eof_received()
+        if self.request_decoder.buffered and self._pending_error is None:
+            self.session_stats.decoding_error.inc()  # a request cut short: it can never be answered
+        self._client_done = True
+        self._settle()
+        return not self.closed
+
+    @property
+    def busy(self) -> bool:
+        if self.passthrough:
+            return False
+        return bool(self.queue) or self.in_flight is not None or self._delay_handle is not None
+
+    def drain(self) -> None:
+        self._draining = True
+        self._settle()
+
+    def on_close(self, *, local: bool) -> None:
+        if self._delay_handle is not None:
+            self._delay_handle.cancel()
+            self._delay_handle = None
+        in_flight = self.in_flight
+        if in_flight is not None:
+            if in_flight.timer is not None:
+                in_flight.timer.cancel()
+            self.requests_finished(1)
+            self.in_flight = None
+        active = (1 if in_flight is not None else 0) + len(self.queue)
+        for f in self.filters:
+            f.on_connection_close(self.info, active_operations=active, local=local)
+        self.queue.clear()
+        if self._upstream is not None:
+            self._upstream.detached = True
+            if self.up_transport is not None:
+                stats = self.listener.cluster.stats
+                stats.upstream_cx_active.dec()
+                if self.host is not None:
+                    self.host.stats.cx_active.dec()
+                if local:
+                    stats.upstream_cx_destroy_local.inc()
+                self.up_transport.close()
+                self.up_transport = None
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def _client_bytes(response: HttpResponse, changed: bool, closing: bool) -> bytes:
+    """The response as the client gets it: its own bytes unless something about it has to differ (a changed
+    body, or the connection's fate: the server's keep-alive decision is not the client connection's)."""
+    if not changed and response.raw and response.keep_alive != closing:
+        return response.raw
+    headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP]
+    if closing:
+        headers.append((b"Connection", b"close"))
+    return encode(replace(response, headers=headers))
+
+
+def _with_body(response: HttpResponse, status: int, body: bytes) -> HttpResponse:
+    """``response`` carrying a body a filter changed, with ``x-amz-crc32`` fixed: botocore checks it and
+    retries a response whose CRC does not match (the framing is redone by ``encode``)."""
+    headers = [
+        (k, str(crc32_of(body)).encode()) if k.lower() == b"x-amz-crc32" else (k, v) for k, v in response.headers
+    ]
+    return replace(response, status=status, reason=_reason(status), headers=headers, body=body, raw=b"")
+
+
+def _rejection(op: DynamoOperation) -> LocalResponse | None:
+    """DynamoDB's own answer to a request that is not one of its requests (``invalid_requests: reject``)."""
+    request = op.request
+    if request.operation is None:
+        status, headers, body = error_response(
+            "UnknownOperationException", "missing or unknown X-Amz-Target (rejected by meshproxy)"
+        )
+    elif request.invalid_body:
+        status, headers, body = error_response(
+            "SerializationException", "the request body is not a JSON object (rejected by meshproxy)"
+        )
+    else:
+        return None
+    return LocalResponse(status, tuple(headers), body)
