@@ -56,14 +56,20 @@ SIDECAR_MONGO_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--topology", "--max-message-size",
     "--on-decode-error", "--idle-timeout", "--drain-timeout", "--no-filters",
 ]  # fmt: skip
+SIDECAR_DYNAMO_FLAGS = [
+    "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--on-decode-error", "--idle-timeout",
+    "--drain-timeout", "--no-filters", "--invalid-requests", "--upstream-timeout", "--max-body-size",
+]  # fmt: skip
+SIDECAR_FLAGS = {"mongo": SIDECAR_MONGO_FLAGS, "dynamo": SIDECAR_DYNAMO_FLAGS}
 
 
 @pytest.mark.parametrize(
     ("argv", "flags"),
     [
         ([], ["--version", "--log-level", "sidecar", "run", "check", "exit status"]),
-        (["sidecar"], ["mongo"]),
+        (["sidecar"], ["mongo", "dynamo"]),
         (["sidecar", "mongo"], SIDECAR_MONGO_FLAGS),
+        (["sidecar", "dynamo"], SIDECAR_DYNAMO_FLAGS),
         (["run"], ["-c", "--config"]),
         (["check"], ["-c", "--config"]),
     ],
@@ -79,19 +85,22 @@ def test_help_of_every_form_lists_every_flag(
         assert flag in out, f"{flag} missing from `meshproxy {' '.join(argv)} --help`"
 
 
-def test_the_help_lists_exactly_the_flags_the_parser_has(capsys: pytest.CaptureFixture[str]) -> None:
-    """Guards SIDECAR_MONGO_FLAGS (and docs/configuration.md, which is checked against the same list)."""
+@pytest.mark.parametrize("protocol", sorted(SIDECAR_FLAGS))
+def test_the_help_lists_exactly_the_flags_the_parser_has(protocol: str) -> None:
+    """Guards SIDECAR_FLAGS (and docs/configuration.md, which is checked against the same lists)."""
     parser = _build_parser()
     sidecar = next(a for a in parser._actions if a.dest == "command").choices["sidecar"]  # type: ignore[index]
-    mongo = next(a for a in sidecar._actions if a.dest == "protocol").choices["mongo"]
-    declared = {s for a in mongo._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
-    assert declared == set(SIDECAR_MONGO_FLAGS)
+    command = next(a for a in sidecar._actions if a.dest == "protocol").choices[protocol]
+    declared = {s for a in command._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    assert declared == set(SIDECAR_FLAGS[protocol])
 
 
-def test_the_configuration_doc_describes_every_sidecar_flag() -> None:
+@pytest.mark.parametrize("protocol", sorted(SIDECAR_FLAGS))
+def test_the_configuration_doc_describes_every_sidecar_flag(protocol: str) -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    for flag in SIDECAR_MONGO_FLAGS:
-        assert f"`{flag}" in doc, flag
+    section = doc.split(f"### `meshproxy sidecar {protocol}`", 1)[1].split("\n### ", 1)[0]
+    for flag in SIDECAR_FLAGS[protocol]:
+        assert f"`{flag}" in section, flag
 
 
 def test_python_dash_m_prints_the_version() -> None:
@@ -111,7 +120,7 @@ def test_check_accepts_a_valid_file_and_summarises_it(tmp_path: Path, capsys: py
     assert capsys.readouterr().out == f"{path}: OK: {summary}\n"
 
 
-@pytest.mark.parametrize("name", ["mongo-sidecar.yaml", "mongo-faults.yaml"])
+@pytest.mark.parametrize("name", ["mongo-sidecar.yaml", "mongo-faults.yaml", "dynamo-sidecar.yaml"])
 def test_check_accepts_the_example_files(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--config", str(EXAMPLES / name)]) == 0
     assert ": OK: 1 listener(s)" in capsys.readouterr().out
@@ -353,3 +362,50 @@ drain_timeout: 2s
     assert seen["stop_seconds"] < 5
     inserts = [e for e in map(json.loads, access_log.read_text().splitlines()) if e["command"] == "insert"]
     assert len(inserts) == 5
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[tuple[str, int]]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield str(host), int(port)
+    server.stop()
+
+
+@pytest.mark.integration
+def test_dynamo_sidecar_process_proxies_boto3_counts_per_table_and_exits_0_on_sigterm(
+    moto: tuple[str, int], tmp_path: Path
+) -> None:
+    import boto3
+
+    listen, admin = free_port(), free_port()
+    access_log = tmp_path / "access.log"
+    argv = [
+        "sidecar", "dynamo", "--listen", f"127.0.0.1:{listen}", "--upstream", f"{moto[0]}:{moto[1]}",
+        "--admin", f"127.0.0.1:{admin}", "--stat-prefix", "cli", "--access-log", str(access_log),
+    ]  # fmt: skip
+    with running(argv, admin) as process:
+        client = boto3.client(
+            "dynamodb", endpoint_url=f"http://127.0.0.1:{listen}", region_name="us-east-1",
+            aws_access_key_id="x", aws_secret_access_key="x",
+        )
+        client.create_table(
+            TableName="cli_orders", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+        )
+        for number in range(5):
+            client.put_item(TableName="cli_orders", Item={"pk": {"S": f"k{number}"}})
+        item = client.get_item(TableName="cli_orders", Key={"pk": {"S": "k3"}})["Item"]
+        stats = http_get(admin, "/stats?filter=^dynamodb\\.cli\\.table\\.cli_orders\\.upstream_rq_total$")
+        hot = json.loads(http_get(admin, "/dynamodb/hot_keys?table=cli_orders")[1])
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=10)
+    assert item == {"pk": {"S": "k3"}}
+    assert stats == (200, "dynamodb.cli.table.cli_orders.upstream_rq_total: 7\n")
+    assert {entry["key"] for entry in hot["cli"]["cli_orders"]} == {"k0", "k1", "k2", "k3", "k4"}
+    assert code == 0
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    assert [e["operation"] for e in entries] == ["CreateTable", *["PutItem"] * 5, "GetItem"]
