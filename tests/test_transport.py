@@ -177,8 +177,28 @@ async def test_drain_closes_idle_connections_and_refuses_new_ones(echo_port: int
 async def test_auto_listener_relays_bytes_no_codec_claims_as_plain_tcp(echo_port: int) -> None:
     async with Proxy(_config(echo_port, protocol="auto")) as proxy:
         reader, writer = await asyncio.open_connection(*proxy.listener_address("edge"))
-        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4
-        writer.write(request)
-        assert await reader.readexactly(len(request)) == request
+        data = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) * 4  # a TLS record, say
+        writer.write(data)
+        assert await reader.readexactly(len(data)) == data
         writer.close()
         assert proxy.stats.values()["listener.edge.protocol.tcp"] == 1
+
+
+async def test_auto_listener_proxies_http_as_dynamodb_with_its_stats() -> None:
+    """HTTP sniffed on an ``auto`` listener gets the DynamoDB session (default filters: stats), so a response
+    from an HTTP server comes back framed and counted."""
+
+    async def http_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+
+    server, port = await _start_upstream(http_server)
+    async with server, Proxy(_config(port, protocol="auto")) as proxy:
+        reader, writer = await asyncio.open_connection(*proxy.listener_address("edge"))
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: DynamoDB_20120810.ListTables\r\n\r\n")
+        assert await reader.readuntil(b"{}") == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        writer.close()
+        stats = proxy.stats.values()
+        assert stats["listener.edge.protocol.http1"] == 1
+        assert stats["dynamodb.edge.operation.ListTables.upstream_rq_total_200"] == 1

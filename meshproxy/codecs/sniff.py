@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from meshproxy.codecs.http1 import looks_like_http1
 from meshproxy.codecs.mongo import looks_like_mongo
 
 Sniffer = Callable[[bytes], bool | None]
@@ -41,3 +42,4 @@ def sniff(prefix: bytes) -> str | None:
 
 
 register("mongodb", looks_like_mongo)
+register("http1", looks_like_http1)

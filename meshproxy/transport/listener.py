@@ -54,6 +54,10 @@ class MongoSessionStats:
     cx_drain_close: Counter
     filter_error: Counter
 
+    @classmethod
+    def create(cls, stats: StatsStore, prefix: str) -> MongoSessionStats:
+        return cls(*_session_counters(stats, "mongo", prefix, list(cls.__dataclass_fields__)))
+
 
 @dataclass(slots=True)
 class DynamoSessionStats:
@@ -76,13 +80,16 @@ class DynamoSessionStats:
 
     @classmethod
     def create(cls, stats: StatsStore, prefix: str) -> DynamoSessionStats:
-        labels = {"prefix": prefix}
-        return cls(
-            *(
-                stats.counter(f"dynamodb.{prefix}.{name}", prom=f"meshproxy_dynamodb_{name}", labels=labels)
-                for name in cls.__dataclass_fields__
-            )
-        )
+        return cls(*_session_counters(stats, "dynamodb", prefix, list(cls.__dataclass_fields__)))
+
+
+def _session_counters(stats: StatsStore, protocol: str, prefix: str, names: list[str]) -> list[Counter]:
+    """``<protocol>.<prefix>.<name>`` counters, exported as ``meshproxy_<protocol>_<name>{prefix=...}``."""
+    labels = {"prefix": prefix}
+    return [
+        stats.counter(f"{protocol}.{prefix}.{name}", prom=f"meshproxy_{protocol}_{name}", labels=labels)
+        for name in names
+    ]
 
 
 class ListenerRuntime:
@@ -127,22 +134,28 @@ class ListenerRuntime:
             ),
         )
         prefix = config.prefix
-        mongo_labels = {"prefix": prefix}
-        self.mongo_stats = MongoSessionStats(
-            decoding_error=stats.counter(
-                f"mongo.{prefix}.decoding_error", prom="meshproxy_mongo_decoding_error", labels=mongo_labels
-            ),
-            unexpected_reply=stats.counter(
-                f"mongo.{prefix}.unexpected_reply", prom="meshproxy_mongo_unexpected_reply", labels=mongo_labels
-            ),
-            cx_drain_close=stats.counter(
-                f"mongo.{prefix}.cx_drain_close", prom="meshproxy_mongo_cx_drain_close", labels=mongo_labels
-            ),
-            filter_error=stats.counter(
-                f"mongo.{prefix}.filter_error", prom="meshproxy_mongo_filter_error", labels=mongo_labels
-            ),
-        )
-        self.dynamo_stats = DynamoSessionStats.create(stats, prefix)
+        # Which sessions this listener can run: its protocol's, or (``auto``) any a sniffer may pick.
+        self.mongo_config: ListenerConfig | None = None
+        self.dynamo_config: DynamoListenerConfig | None = None
+        if isinstance(config, DynamoListenerConfig):
+            self.dynamo_config = config
+        elif config.protocol in ("mongo", "auto"):
+            self.mongo_config = config
+        if isinstance(config, ListenerConfig) and config.protocol == "auto":
+            # HTTP sniffed on an ``auto`` listener is proxied as DynamoDB with the defaults of a dynamo
+            # listener (stats only) and this listener's shared settings.
+            self.dynamo_config = DynamoListenerConfig(
+                protocol="dynamo",
+                name=config.name,
+                address=config.address,
+                cluster=config.cluster,
+                stat_prefix=config.stat_prefix,
+                on_decode_error=config.on_decode_error,
+                idle_timeout=config.idle_timeout,
+                reuse_port=config.reuse_port,
+            )
+        self.mongo_stats = MongoSessionStats.create(stats, prefix) if self.mongo_config is not None else None
+        self.dynamo_stats = DynamoSessionStats.create(stats, prefix) if self.dynamo_config is not None else None
         self._stats_store = stats
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
         self.dynamo_filters: list[DynamoFilter] = []
@@ -164,16 +177,15 @@ class ListenerRuntime:
         self.address = (sockname[0], sockname[1])
         advertised_host = "127.0.0.1" if self.address[0] in ("0.0.0.0", "::", "") else self.address[0]
         self.advertised_address = (advertised_host, self.address[1])
-        config = self.config
-        if isinstance(config, DynamoListenerConfig):
+        if self.dynamo_config is not None:
             self.dynamo_filters = build_dynamo_filters(
-                list(config.filters), stats=self._stats_store, prefix=config.prefix
+                list(self.dynamo_config.filters), stats=self._stats_store, prefix=self.dynamo_config.prefix
             )
-        else:
+        if self.mongo_config is not None:
             self.mongo_filters = build_mongo_filters(
-                list(config.filters),
+                list(self.mongo_config.filters),
                 stats=self._stats_store,
-                prefix=config.prefix,
+                prefix=self.mongo_config.prefix,
                 listener_address=self.advertised_address,
             )
         log.info(
@@ -218,6 +230,8 @@ class ListenerRuntime:
         self.stats.downstream_cx_protocol(protocol).inc()
         if protocol in ("mongodb", "mongo"):
             return MongoSession(self, connection_id)
+        if protocol == "http1":
+            return DynamoSession(self, connection_id)
         return Relay(self, connection_id)
 
     def connection_opened(self, session: Relay) -> None:

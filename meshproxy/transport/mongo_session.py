@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, encode
-from meshproxy.config import ListenerConfig
 from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation
 from meshproxy.transport.relay import Relay
 
@@ -44,8 +43,9 @@ class MongoSession(Relay):
 
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
         super().__init__(listener, connection_id)
-        config = listener.config
-        assert isinstance(config, ListenerConfig), "a Mongo session on a listener of another protocol"
+        config, stats = listener.mongo_config, listener.mongo_stats
+        assert config is not None, "a Mongo session on a listener of another protocol"
+        assert stats is not None
         self.config = config
         limit = config.max_message_size
         self.request_decoder = MongoDecoder(max_message_size=limit)
@@ -53,7 +53,7 @@ class MongoSession(Relay):
         # the parts of a reply they read (a reply summary decodes it), so the top-level walk is skipped.
         self.reply_decoder = MongoDecoder(max_message_size=limit, validate_documents=False)
         self.filters: list[MongoFilter] = listener.mongo_filters
-        self.mongo_stats = listener.mongo_stats
+        self.mongo_stats = stats
         self.pending: dict[int, MongoOperation] = {}
         self.passthrough = False
         """Set after a decode error under the ``passthrough`` policy: bytes flow untouched from then on."""

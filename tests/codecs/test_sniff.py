@@ -42,11 +42,12 @@ def test_a_server_reply_is_not_a_client_first_message(recorded: Callable[[str, s
     assert looks_like_mongo(recorded("handshake", "s2c")) is False
 
 
-def test_http_request_sniffs_as_tcp() -> None:
+def test_http_request_sniffs_as_http1() -> None:
     request = _http_request()
     assert request.startswith(b"GET / HTTP/1.1\r\n")
-    assert sniffing.sniff(request) == "tcp"
-    assert sniffing.sniff(request[:4]) == "tcp"  # "GET " read as a length is far over the limit
+    assert sniffing.sniff(request) == "http1"
+    assert sniffing.sniff(request[:4]) == "http1"  # a method token and a space; as a Mongo length, far too big
+    assert sniffing.sniff(request[:2]) is None  # "GE" may still become a method
 
 
 def test_tls_client_hello_sniffs_as_tcp() -> None:
