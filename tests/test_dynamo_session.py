@@ -225,8 +225,10 @@ async def test_requests_before_a_bad_one_in_the_same_read_are_answered_first(mot
         client = await Client.connect(proxy.listener_address("ddb"))
         client.send(GET_ITEM + b"BROKEN\r\n\r\n")
         assert (await client.response()).status == 200
+        client.send(b"more bytes after the bad request are not read")
         assert (await client.response()).status == 400
         assert await client.closed_by_peer()
+        assert stat(proxy, "dynamodb.ddb.decoding_error") == 1
 
 
 async def test_requests_that_are_not_dynamodb_requests_are_forwarded_and_counted(moto: tuple[str, int]) -> None:

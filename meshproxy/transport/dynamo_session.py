@@ -143,6 +143,8 @@ class DynamoSession(Relay):
         if self.passthrough:
             self.send_upstream(data)
             return
+        if self._pending_error is not None:
+            return  # nothing after an unframeable request can be framed; the connection closes once it is answered
         try:
             requests = self.request_decoder.feed(data)
         except DecodeError as error:
