@@ -73,6 +73,7 @@ def main() -> None:
     for name, fn in stages.items():
         print(f"{name:42s} {_per_op_us(fn):7.2f} us")
     _http1_stages()
+    _dynamo_session_stages()
 
 
 def _http1_stages() -> None:
@@ -87,6 +88,74 @@ def _http1_stages() -> None:
     response = first_response.raw
     print(f"{'http1: decode a PutItem request':42s} {_per_op_us(lambda: Http1RequestDecoder().feed(request)):7.2f} us")
     print(f"{'http1: decode its response':42s} {_per_op_us(lambda: Http1ResponseDecoder().feed(response)):7.2f} us")
+
+
+
+class _NullTransport:
+    """Stands in for both sockets of a session: writes are counted and dropped."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _dynamo_session_stages() -> None:
+    """A whole GetItem through ``DynamoSession`` (framing, parsing, filters, forwarding; no syscalls)."""
+    import asyncio
+    from pathlib import Path
+
+    from meshproxy.cluster import Cluster
+    from meshproxy.codecs.dynamo import parse_request, parse_response
+    from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder
+    from meshproxy.config import dynamo_sidecar_config
+    from meshproxy.transport.dynamo_session import DynamoSession
+    from meshproxy.transport.listener import ListenerRuntime
+
+    fixtures = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "dynamo"
+    request = (fixtures / "04_get_item.req.http").read_bytes()
+    (response,) = Http1ResponseDecoder().feed((fixtures / "04_get_item.resp.http").read_bytes())
+    # The same response as a keep-alive server sends it (moto's says Connection: close, which re-dials).
+    keep_alive = response.raw.replace(b"Connection: close\r\n", b"")
+    (framed_request,) = Http1RequestDecoder().feed(request)
+    parsed = parse_request(framed_request.headers, framed_request.body)
+    print(f"{'dynamo: parse_request (GetItem)':42s} "
+          f"{_per_op_us(lambda: parse_request(framed_request.headers, framed_request.body)):7.2f} us")
+    print(f"{'dynamo: parse_response':42s} "
+          f"{_per_op_us(lambda: parse_response(200, response.headers, response.body, parsed)):7.2f} us")
+
+    async def measure(filters: list[dict[str, object]]) -> float:
+        store = StatsStore()
+        config = dynamo_sidecar_config(
+            listen=("127.0.0.1", 0), upstream=("127.0.0.1", 1), admin=None, stat_prefix="bench", filters=filters
+        )
+        listener = ListenerRuntime(config.listeners[0], Cluster.from_config(config.clusters[0], store), store)
+        await listener.start()
+        session = DynamoSession(listener, 1)
+        session.connection_made(_NullTransport())  # type: ignore[arg-type]
+        upstream = session.upstream_protocol()
+        session.up_transport = _NullTransport()  # type: ignore[assignment]
+
+        def one_request() -> None:
+            session.data_received(request)
+            upstream.data_received(keep_alive)
+
+        try:
+            return _per_op_us(one_request)
+        finally:
+            listener.stop_accepting()
+
+    for label, filters in (("no filters", []), ("stats filter", [{"type": "stats"}])):
+        cost = asyncio.run(measure(filters))
+        print(f"{'dynamo: whole GetItem via session, ' + label:42s} {cost:7.2f} us")
 
 
 if __name__ == "__main__":
