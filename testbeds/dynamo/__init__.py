@@ -1,0 +1,1 @@
+"""The DynamoDB testbed: a moto server + ``meshproxy sidecar dynamo`` + a boto3 workload."""
