@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -62,6 +63,8 @@ def moto() -> Iterator[tuple[str, int]]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its tables in memory shared by every server in the process: start from none.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
     client = boto3.client(
         "dynamodb", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
         aws_access_key_id="x", aws_secret_access_key="x",
