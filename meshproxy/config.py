@@ -224,6 +224,72 @@ def _default_dynamo_filters() -> list[DynamoFilterConfig]:
     return [DynamoStatsFilterConfig()]
 
 
+GRPC_STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+"""gRPC status names in code order (``UNAVAILABLE`` is 14)."""
+
+
+def parse_grpc_status(value: Any) -> int:
+    """A gRPC status by code (``14``) or name (``UNAVAILABLE``, any case)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a gRPC status")
+    if isinstance(value, int) and 0 <= value < len(GRPC_STATUS_NAMES):
+        return value
+    if isinstance(value, str) and value.upper() in GRPC_STATUS_NAMES:
+        return GRPC_STATUS_NAMES.index(value.upper())
+    raise ValueError(f"{value!r} is not a gRPC status: a code 0-16 or a name such as UNAVAILABLE")
+
+
+GrpcStatusCode = Annotated[int, BeforeValidator(parse_grpc_status)]
+
+
+class GrpcStatsFilterConfig(_Model):
+    type: Literal["stats"] = "stats"
+    max_methods: Annotated[int, Field(ge=1)] = 1000
+    """Distinct service/method pairs with stats of their own; beyond it they share ``_overflow``."""
+
+
+class GrpcMatchConfig(_Model):
+    """Which calls a fault applies to; an unset field matches everything."""
+
+    services: list[str] | None = None
+    """``package.Service`` names."""
+    methods: list[str] | None = None
+    """``package.Service/Method`` (one method of one service) or a bare ``Method`` (that name in any service)."""
+
+
+class GrpcAbortConfig(_Model):
+    status: GrpcStatusCode = 14
+    message: str = "fault injected by meshproxy"
+    percentage: float = Field(100.0, ge=0, le=100)
+
+
+class GrpcFaultFilterConfig(_Model):
+    type: Literal["fault"] = "fault"
+    delay: FixedDelay | None = None
+    abort: GrpcAbortConfig | None = None
+    match: GrpcMatchConfig = GrpcMatchConfig()
+
+    @model_validator(mode="after")
+    def _needs_a_fault(self) -> GrpcFaultFilterConfig:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault filter needs 'delay', 'abort' or both")
+        return self
+
+
+GrpcFilterConfig = Annotated[
+    GrpcStatsFilterConfig | GrpcFaultFilterConfig | AccessLogFilterConfig,
+    Field(discriminator="type"),
+]
+
+
+def _default_grpc_filters() -> list[GrpcFilterConfig]:
+    return [GrpcStatsFilterConfig()]
+
+
 # -- listeners, clusters, admin -------------------------------------------------------------------------
 
 
@@ -277,16 +343,34 @@ class DynamoListenerConfig(_ListenerBase):
     closed (Envoy's route timeout is 15 s; DynamoDB's SDKs wait 60 s by default). 0 disables."""
 
 
-LISTENER_PROTOCOLS = ("mongo", "dynamo", "tcp", "auto")
+class GrpcListenerConfig(_ListenerBase):
+    """A gRPC listener: HTTP/2 with prior knowledge (h2c), calls carried on a pool of upstream connections."""
+
+    protocol: Literal["grpc"]
+    filters: list[GrpcFilterConfig] = Field(default_factory=_default_grpc_filters)
+    max_concurrent_streams: Annotated[int, Field(ge=1)] = 100
+    """Streams one client connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS; more are refused)."""
+    max_header_list_size: Annotated[ByteSize, Field(ge=1024)] = 64 * 1024
+    """Largest decoded header list a client may send (SETTINGS_MAX_HEADER_LIST_SIZE); more ends the
+    connection."""
+    max_resets_per_second: Annotated[int, Field(ge=1)] = 200
+    """Streams a client may reset per second before the connection gets GOAWAY (rapid reset)."""
+    max_pings_per_second: Annotated[int, Field(ge=1)] = 100
+    max_settings_per_second: Annotated[int, Field(ge=1)] = 100
+
+
+LISTENER_PROTOCOLS = ("mongo", "dynamo", "grpc", "tcp", "auto")
 
 
 def _listener_kind(value: Any) -> str:
     protocol = value.get("protocol") if isinstance(value, dict) else getattr(value, "protocol", None)
-    return "dynamo" if protocol == "dynamo" else "mongo"
+    return protocol if protocol in ("dynamo", "grpc") else "mongo"
 
 
 AnyListenerConfig = Annotated[
-    Annotated[ListenerConfig, Tag("mongo")] | Annotated[DynamoListenerConfig, Tag("dynamo")],
+    Annotated[ListenerConfig, Tag("mongo")]
+    | Annotated[DynamoListenerConfig, Tag("dynamo")]
+    | Annotated[GrpcListenerConfig, Tag("grpc")],
     Discriminator(_listener_kind),
 ]
 """A listener of any protocol; ``protocol`` decides which model (and so which filters) applies."""
@@ -691,6 +775,36 @@ def dynamo_sidecar_config(
         "name": stat_prefix,
         "address": listen,
         "protocol": "dynamo",
+        "cluster": "upstream",
+        "stat_prefix": stat_prefix,
+        **listener_options,
+    }
+    if filters is not None:
+        listener["filters"] = [f.model_dump() if isinstance(f, BaseModel) else f for f in filters]
+    return config_from_dict(
+        {
+            "admin": None if admin is None else {"address": admin},
+            "listeners": [listener],
+            "clusters": [{"name": "upstream", "hosts": [upstream]}],
+        },
+        source="<sidecar>",
+    )
+
+
+def grpc_sidecar_config(
+    *,
+    listen: tuple[str, int],
+    upstream: tuple[str, int],
+    admin: tuple[str, int] | None = ("127.0.0.1", 9901),
+    stat_prefix: str = "grpc",
+    filters: list[Any] | None = None,
+    **listener_options: Any,
+) -> MeshConfig:
+    """The configuration ``meshproxy sidecar grpc`` runs: one gRPC listener in front of one server."""
+    listener: dict[str, Any] = {
+        "name": stat_prefix,
+        "address": listen,
+        "protocol": "grpc",
         "cluster": "upstream",
         "stat_prefix": stat_prefix,
         **listener_options,

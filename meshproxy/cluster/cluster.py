@@ -81,6 +81,8 @@ class Cluster:
     hosts: list[Host]
     connect_timeout: float
     stats: ClusterStats
+    store: StatsStore = field(default_factory=StatsStore, repr=False)
+    """Where the cluster's stats live, for modules that add their own (the HTTP/2 pool, gRPC stats)."""
     _next: int = field(default=0, repr=False)
 
     @classmethod
@@ -121,6 +123,7 @@ class Cluster:
             hosts=hosts,
             connect_timeout=config.connect_timeout,
             stats=_cluster_stats(stats, config.name),
+            store=stats,
         )
 
     def pick(self) -> Host:

@@ -13,13 +13,17 @@ from typing import TYPE_CHECKING, cast
 import anyio
 
 from meshproxy.codecs import sniff
-from meshproxy.config import DynamoListenerConfig, ListenerConfig
+from meshproxy.config import DynamoListenerConfig, GrpcListenerConfig, ListenerConfig
 from meshproxy.filters.dynamo.api import DynamoFilter
 from meshproxy.filters.dynamo.factory import build_dynamo_filters
+from meshproxy.filters.grpc.api import GrpcFilter
+from meshproxy.filters.grpc.factory import build_grpc_filters
 from meshproxy.filters.mongo.api import MongoFilter
 from meshproxy.filters.mongo.factory import build_mongo_filters
 from meshproxy.stats import Counter, Gauge, StatsStore
 from meshproxy.transport.dynamo_session import DynamoSession
+from meshproxy.transport.grpc_session import GrpcSession
+from meshproxy.transport.h2_upstream import H2UpstreamPool
 from meshproxy.transport.mongo_session import MongoSession
 from meshproxy.transport.relay import Relay
 
@@ -92,10 +96,42 @@ def _session_counters(stats: StatsStore, protocol: str, prefix: str, names: list
     ]
 
 
+@dataclass(slots=True)
+class Http2Stats:
+    """What a gRPC listener's HTTP/2 connections defended against, and how calls ended at the proxy."""
+
+    rx_reset: Counter
+    """RST_STREAM frames from clients."""
+    rx_reset_flood: Counter
+    """Connections sent GOAWAY for resetting more than ``max_resets_per_second`` streams (rapid reset)."""
+    ping_flood: Counter
+    settings_flood: Counter
+    too_many_streams: Counter
+    """Streams opened beyond ``max_concurrent_streams``."""
+    too_many_header_frames: Counter
+    """Header blocks split into more CONTINUATION frames than h2 accepts (CONTINUATION flood)."""
+    header_overflow: Counter
+    """Header lists over ``max_header_list_size``."""
+    protocol_error: Counter
+    outbound_flood: Counter
+    """Connections closed because the client did not read what was sent to it."""
+    flow_control_wait: Counter
+    """Times response data had to wait for a client's flow-control window."""
+    deadline_exceeded: Counter
+    """Calls the proxy ended with DEADLINE_EXCEEDED when their ``grpc-timeout`` passed."""
+    filter_error: Counter
+
+    @classmethod
+    def create(cls, stats: StatsStore, prefix: str) -> Http2Stats:
+        return cls(*_session_counters(stats, "http2", prefix, list(cls.__dataclass_fields__)))
+
+
 class ListenerRuntime:
     """A bound listener and the sessions it owns."""
 
-    def __init__(self, config: ListenerConfig | DynamoListenerConfig, cluster: Cluster, stats: StatsStore) -> None:
+    def __init__(
+        self, config: ListenerConfig | DynamoListenerConfig | GrpcListenerConfig, cluster: Cluster, stats: StatsStore
+    ) -> None:
         self.config = config
         self.name = config.name
         self.cluster = cluster
@@ -137,11 +173,25 @@ class ListenerRuntime:
         # Which sessions this listener can run: its protocol's, or (``auto``) any a sniffer may pick.
         self.mongo_config: ListenerConfig | None = None
         self.dynamo_config: DynamoListenerConfig | None = None
+        self.grpc_config: GrpcListenerConfig | None = None
         if isinstance(config, DynamoListenerConfig):
             self.dynamo_config = config
+        elif isinstance(config, GrpcListenerConfig):
+            self.grpc_config = config
         elif config.protocol in ("mongo", "auto"):
             self.mongo_config = config
         if isinstance(config, ListenerConfig) and config.protocol == "auto":
+            # gRPC (the HTTP/2 preface) likewise, with the defaults of a grpc listener.
+            self.grpc_config = GrpcListenerConfig(
+                protocol="grpc",
+                name=config.name,
+                address=config.address,
+                cluster=config.cluster,
+                stat_prefix=config.stat_prefix,
+                on_decode_error=config.on_decode_error,
+                idle_timeout=config.idle_timeout,
+                reuse_port=config.reuse_port,
+            )
             # HTTP sniffed on an ``auto`` listener is proxied as DynamoDB with the defaults of a dynamo
             # listener (stats only) and this listener's shared settings.
             self.dynamo_config = DynamoListenerConfig(
@@ -156,6 +206,9 @@ class ListenerRuntime:
             )
         self.mongo_stats = MongoSessionStats.create(stats, prefix) if self.mongo_config is not None else None
         self.dynamo_stats = DynamoSessionStats.create(stats, prefix) if self.dynamo_config is not None else None
+        self.http2_stats = Http2Stats.create(stats, prefix) if self.grpc_config is not None else None
+        self.grpc_pool: H2UpstreamPool | None = None  # made in start(): it needs the running loop
+        self.grpc_filters: list[GrpcFilter] = []
         self._stats_store = stats
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
         self.dynamo_filters: list[DynamoFilter] = []
@@ -180,6 +233,14 @@ class ListenerRuntime:
         if self.dynamo_config is not None:
             self.dynamo_filters = build_dynamo_filters(
                 list(self.dynamo_config.filters), stats=self._stats_store, prefix=self.dynamo_config.prefix
+            )
+        if self.grpc_config is not None:
+            self.grpc_pool = H2UpstreamPool(self.cluster)
+            self.grpc_filters = build_grpc_filters(
+                list(self.grpc_config.filters),
+                stats=self._stats_store,
+                prefix=self.grpc_config.prefix,
+                cluster=self.cluster.name,
             )
         if self.mongo_config is not None:
             self.mongo_filters = build_mongo_filters(
@@ -210,6 +271,10 @@ class ListenerRuntime:
             f.close()
         for g in self.dynamo_filters:
             g.close()
+        for h in self.grpc_filters:
+            h.close()
+        if self.grpc_pool is not None:
+            self.grpc_pool.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -222,6 +287,8 @@ class ListenerRuntime:
             return MongoSession(self, connection_id)
         if protocol == "dynamo":
             return DynamoSession(self, connection_id)
+        if protocol == "grpc":
+            return GrpcSession(self, connection_id)
         if protocol == "tcp":
             return Relay(self, connection_id)
         return _Sniffer(self, connection_id)
@@ -232,6 +299,8 @@ class ListenerRuntime:
             return MongoSession(self, connection_id)
         if protocol == "http1":
             return DynamoSession(self, connection_id)
+        if protocol == "http2":
+            return GrpcSession(self, connection_id)
         return Relay(self, connection_id)
 
     def connection_opened(self, session: Relay) -> None:

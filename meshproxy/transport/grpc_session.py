@@ -1,0 +1,698 @@
+"""The gRPC proxy session: an HTTP/2 server connection to one client, its calls carried as streams of the
+listener's shared upstream pool (``meshproxy.transport.h2_upstream``).
+
+Each client stream becomes a ``GrpcCall``. Filters see it once the request headers are in
+(``on_call_start``: observe, delay, or abort with a gRPC status) and once it is over (``on_call_end``).
+Between the two, DATA streams both ways as it arrives: nothing waits for a whole message, let alone a whole
+call, and the proxy only reads the 5-byte gRPC message prefixes to count messages (``MessageCounter``).
+
+**Flow control is end to end.** The proxy acknowledges a client's DATA (re-opening the client's window)
+only once it has been handed to the upstream stream, and an upstream's DATA only once it has been handed
+to the client's stream. So a slow or stalled reader on either side stops its peer through HTTP/2 flow
+control, and what the proxy holds for one stream is bounded by the window it advertised (1 MiB).
+
+**Endings are mapped, never lost.** Trailers pass through. A server reset before any response becomes a
+trailers-only ``UNAVAILABLE`` (``CANCELLED`` for a ``CANCEL``) so the client sees a gRPC status; after
+response headers the reset is passed on. A client reset (cancel) resets the upstream stream. When the
+client's ``grpc-timeout`` passes, the proxy answers ``DEADLINE_EXCEEDED`` and cancels the upstream stream.
+
+**Abuse is bounded and counted** under ``http2.<prefix>.``: rapid reset, PING and SETTINGS floods (more
+than the configured number per second: ``GOAWAY ENHANCE_YOUR_CALM``), streams beyond
+``max_concurrent_streams`` (refused), oversized header lists and CONTINUATION floods (h2's own limits:
+``GOAWAY``), a client that does not read (write buffer past its limit: the connection is closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
+from meshproxy.transport.relay import Relay
+
+if TYPE_CHECKING:
+    from meshproxy.config import GrpcListenerConfig
+    from meshproxy.stats import Counter
+    from meshproxy.transport.h2_upstream import H2UpstreamConnection, Headers
+    from meshproxy.transport.listener import ListenerRuntime
+
+log = logging.getLogger("meshproxy.grpc")
+
+_now_ns = time.monotonic_ns
+
+STREAM_WINDOW = 1 << 20
+"""What a client may send ahead on one stream before the proxy has forwarded it (1 MiB)."""
+CONNECTION_WINDOW = 16 << 20
+"""... and on the whole connection (16 MiB)."""
+WRITE_BUFFER_LIMIT = 8 << 20
+"""Bytes waiting in the socket for a client that does not read, past which the connection is closed."""
+
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+
+OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL = 0, 1, 2, 4, 14, 13
+
+
+class MessageCounter:
+    """Counts gRPC messages in a stream of DATA payloads without buffering them: it reads the 5-byte prefix
+    of each message (which may be split across frames) and skips the declared number of bytes."""
+
+    __slots__ = ("count", "prefix", "remaining")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.remaining = 0
+        """Bytes of the current message still to come."""
+        self.prefix = b""
+        """The part of a split prefix received so far."""
+
+    def feed(self, data: bytes) -> None:
+        size = len(data)
+        pos = 0
+        while pos < size:
+            if self.remaining:
+                step = min(self.remaining, size - pos)
+                self.remaining -= step
+                pos += step
+                continue
+            if self.prefix or size - pos < 5:
+                need = 5 - len(self.prefix)
+                self.prefix += data[pos : pos + need]
+                pos += need
+                if len(self.prefix) < 5:
+                    return
+                header, self.prefix = self.prefix, b""
+            else:
+                header = data[pos : pos + 5]
+                pos += 5
+            self.count += 1
+            self.remaining = int.from_bytes(header[1:5], "big")
+
+
+def _percent_encode(text: str) -> bytes:
+    out = bytearray()
+    for byte in text.encode():
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+def _percent_decode(value: bytes) -> str:
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        if value[i] == 0x25 and i + 2 < len(value) + 0 and _is_hex(value[i + 1 : i + 3]):
+            out.append(int(value[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(value[i])
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _is_hex(pair: bytes) -> bool:
+    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+
+
+def _parse_timeout(value: bytes) -> float | None:
+    """``grpc-timeout``: up to 8 digits and a unit (H M S m u n); None when malformed (then ignored)."""
+    units = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+    digits, unit = value[:-1], value[-1:]
+    if not digits.isdigit() or len(digits) > 8 or unit not in units:
+        return None
+    return int(digits) * units[unit]
+
+
+def _status_headers(status: int, message: str) -> Headers:
+    headers: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % status)]
+    if message:
+        headers.append((b"grpc-message", _percent_encode(message)))
+    return headers
+
+
+class _ProxiedCall:
+    """One client stream and its upstream stream: the ``UpstreamStream`` the pool reports to."""
+
+    __slots__ = (
+        "call", "client_ended", "client_window_waiting", "deadline_handle", "delay_handle", "done",
+        "end_sent_upstream", "request_counter", "response_counter", "response_started", "session", "stream_id",
+        "to_client", "to_upstream", "trailers", "up_id", "upstream",
+    )
+
+    def __init__(self, session: GrpcSession, call: GrpcCall) -> None:
+        self.session = session
+        self.call = call
+        self.stream_id = call.stream_id
+        self.upstream: H2UpstreamConnection | None = None
+        self.up_id = 0
+        self.to_upstream: deque[tuple[bytes, int]] = deque()
+        """Request DATA not yet handed upstream, with the flow-controlled length to acknowledge after."""
+        self.to_client: deque[tuple[bytes, int]] = deque()
+        self.trailers: Headers | None = None
+        """Trailers waiting behind response DATA the client's window does not take yet."""
+        self.client_ended = False
+        self.end_sent_upstream = False
+        self.response_started = False
+        self.client_window_waiting = False
+        self.done = False
+        self.request_counter = MessageCounter()
+        self.response_counter = MessageCounter()
+        self.deadline_handle: asyncio.TimerHandle | None = None
+        self.delay_handle: asyncio.TimerHandle | None = None
+
+    # -- client -> upstream ---------------------------------------------------------------------------
+
+    def client_data(self, data: bytes, flow_len: int, end: bool) -> None:
+        call = self.call
+        call.request_bytes += len(data)
+        self.request_counter.feed(data)
+        if data or flow_len:
+            self.to_upstream.append((data, flow_len))
+        if end:
+            self.client_ended = True
+        self.pump_upstream()
+
+    def pump_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is None or self.done:
+            return
+        h2c = upstream.h2
+        session = self.session
+        queue = self.to_upstream
+        while queue:
+            data, flow_len = queue[0]
+            if data:
+                window = min(h2c.local_flow_control_window(self.up_id), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                if len(data) > window:
+                    h2c.send_data(self.up_id, data[:window])
+                    queue[0] = (data[window:], flow_len)
+                    continue
+                h2c.send_data(self.up_id, data)
+            queue.popleft()
+            if flow_len:
+                session.acknowledge(self.stream_id, flow_len)
+        if not queue and self.client_ended and not self.end_sent_upstream:
+            self.end_sent_upstream = True
+            h2c.end_stream(self.up_id)
+        upstream.mark()
+
+    # -- UpstreamStream ----------------------------------------------------------------------------------
+
+    def upstream_ready(self, connection: H2UpstreamConnection, stream_id: int) -> None:
+        self.upstream = connection
+        self.up_id = stream_id
+        self.call.upstream = connection.host.name
+        if self.client_ended and not self.to_upstream:
+            self.end_sent_upstream = True  # the headers carried END_STREAM
+        self.pump_upstream()
+
+    def upstream_window_opened(self) -> None:
+        self.pump_upstream()
+
+    def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
+        if self.done:
+            return
+        call = self.call
+        call.response_headers = headers
+        for name, value in headers:
+            if name == b":status":
+                call.http_status = int(value) if value.isdigit() else None
+        self.response_started = True
+        forwarded = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
+        if end_stream:  # trailers-only
+            self._read_status(headers)
+            self.session.send_headers(self.stream_id, forwarded, end_stream=True)
+            self.finish("trailers")
+        else:
+            self.session.send_headers(self.stream_id, forwarded, end_stream=False)
+
+    def upstream_data(self, data: bytes, flow_len: int, end_stream: bool) -> None:
+        if self.done:
+            if self.upstream is not None:
+                self.upstream.h2.acknowledge_received_data(flow_len, self.up_id)
+            return
+        call = self.call
+        call.response_bytes += len(data)
+        self.response_counter.feed(data)
+        self.to_client.append((data, flow_len))
+        if end_stream:
+            self.trailers = []  # END_STREAM on DATA without trailers: not gRPC, but end the stream alike
+        self.pump_client()
+
+    def upstream_trailers(self, headers: Headers) -> None:
+        if self.done:
+            return
+        self.call.trailers = headers
+        self._read_status(headers)
+        self.trailers = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
+        self.pump_client()
+
+    def pump_client(self) -> None:
+        """Hand response DATA to the client's stream as far as its window allows; trailers after it."""
+        session = self.session
+        h2c = session.h2
+        queue = self.to_client
+        upstream = self.upstream
+        while queue:
+            data, flow_len = queue[0]
+            if data:
+                try:
+                    window = min(h2c.local_flow_control_window(self.stream_id), h2c.max_outbound_frame_size)
+                except h2.exceptions.StreamClosedError:
+                    queue.clear()
+                    return
+                if window <= 0:
+                    if not self.client_window_waiting:
+                        self.client_window_waiting = True
+                        session.http2.flow_control_wait.inc()
+                    return
+                if len(data) > window:
+                    h2c.send_data(self.stream_id, data[:window])
+                    queue[0] = (data[window:], flow_len)
+                    continue
+                h2c.send_data(self.stream_id, data)
+            queue.popleft()
+            if flow_len and upstream is not None:
+                upstream.h2.acknowledge_received_data(flow_len, self.up_id)
+                upstream.mark()
+        self.client_window_waiting = False
+        session.mark()
+        trailers = self.trailers
+        if trailers is not None:
+            self.trailers = None
+            if trailers:
+                session.send_headers(self.stream_id, trailers, end_stream=True)
+            else:
+                session.end_stream(self.stream_id)
+            self.finish("trailers")
+
+    def upstream_reset(self, error_code: int) -> None:
+        if self.done:
+            return
+        self.upstream = None
+        if self.response_started:
+            self.session.reset_stream(self.stream_id, error_code)
+            self.call.grpc_status = CANCELLED if error_code == h2.errors.ErrorCodes.CANCEL else UNAVAILABLE
+            self.finish("upstream_reset")
+        else:
+            status = CANCELLED if error_code == h2.errors.ErrorCodes.CANCEL else UNAVAILABLE
+            self.answer(status, f"upstream reset the stream (HTTP/2 error {error_code})", "upstream_reset")
+
+    def upstream_failed(self, reason: str) -> None:
+        if self.done:
+            return
+        self.upstream = None
+        if self.response_started:
+            self.session.reset_stream(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self.call.grpc_status = UNAVAILABLE
+            self.finish("upstream_unavailable")
+        else:
+            self.answer(UNAVAILABLE, reason, "upstream_unavailable")
+
+    # -- endings ----------------------------------------------------------------------------------------
+
+    def _read_status(self, headers: Headers) -> None:
+        call = self.call
+        for name, value in headers:
+            if name == b"grpc-status":
+                call.grpc_status = int(value) if value.isdigit() else UNKNOWN
+            elif name == b"grpc-message":
+                call.grpc_message = _percent_decode(value)
+
+    def answer(self, status: int, message: str, reason: str) -> None:
+        """End the call with a status from the proxy: trailers-only if nothing was sent yet, else trailers."""
+        call = self.call
+        call.grpc_status, call.grpc_message, call.local = status, message or None, True
+        self.to_client.clear()
+        if self.response_started:
+            self.session.send_headers(
+                self.stream_id, [h for h in _status_headers(status, message) if h[0].startswith(b"grpc-")], True
+            )
+        else:
+            call.http_status = 200
+            self.session.send_headers(self.stream_id, _status_headers(status, message), end_stream=True)
+        self.cancel_upstream()
+        self.finish(reason)
+
+    def cancel_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.reset(self.up_id)
+        else:
+            self.session.pool.cancel_waiting(self)
+
+    def deadline_passed(self) -> None:
+        self.deadline_handle = None
+        if not self.done:
+            self.session.http2_deadline.inc()
+            self.answer(DEADLINE_EXCEEDED, "deadline exceeded (meshproxy)", "deadline")
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        call = self.call
+        call.finished_ns = _now_ns()
+        call.end_reason = reason
+        call.request_messages = self.request_counter.count
+        call.response_messages = self.response_counter.count
+        if self.deadline_handle is not None:
+            self.deadline_handle.cancel()
+        if self.delay_handle is not None:
+            self.delay_handle.cancel()
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.forget(self.up_id)
+        for pending_data, flow_len in self.to_upstream:
+            if flow_len:
+                self.session.acknowledge(self.stream_id, flow_len)
+            del pending_data
+        self.to_upstream.clear()
+        self.session.call_finished(self)
+
+
+class GrpcSession(Relay):
+    """A gRPC client connection (HTTP/2, prior knowledge) through the proxy."""
+
+    dial_at_accept = False
+
+    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+        super().__init__(listener, connection_id)
+        config = listener.grpc_config
+        assert config is not None, "a gRPC session on a listener of another protocol"
+        assert listener.grpc_pool is not None
+        assert listener.http2_stats is not None
+        self.config: GrpcListenerConfig = config
+        self.pool = listener.grpc_pool
+        self.flusher = self.pool.flusher
+        self.http2 = listener.http2_stats
+        self.http2_deadline = self.http2.deadline_exceeded
+        self.filters: list[GrpcFilter] = listener.grpc_filters
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        )
+        self.calls: dict[int, _ProxiedCall] = {}
+        self._draining = False
+        self._goaway_sent = False
+        self._window_start = 0.0
+        self._counts = {"reset": 0, "ping": 0, "settings": 0}
+
+    # -- connection -----------------------------------------------------------------------------------
+
+    def on_open(self) -> None:
+        config = self.config
+        h2c = self.h2
+        h2c.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.max_header_list_size,
+            },
+        )
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.flush()
+        for f in self.filters:
+            f.on_connection_open(self.info)
+
+    def mark(self) -> None:
+        self.flusher.mark(self)
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            transport = self.down_transport
+            transport.write(data)
+            if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                self.http2.outbound_flood.inc()
+                log.warning(
+                    "listener %s: connection %d from %s does not read its responses; closing",
+                    self.listener.name, self.connection_id, self.info.client,
+                )
+                self.close(local=True, abort=True)
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.H2Error:
+            return  # the client reset the stream meanwhile
+        self.mark()
+
+    def end_stream(self, stream_id: int) -> None:
+        try:
+            self.h2.end_stream(stream_id)
+        except h2.exceptions.H2Error:
+            return
+        self.mark()
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        try:
+            self.h2.reset_stream(stream_id, error_code)
+        except h2.exceptions.H2Error:
+            return
+        self.mark()
+
+    def acknowledge(self, stream_id: int, flow_len: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(flow_len, stream_id)
+        except h2.exceptions.H2Error:
+            return
+        self.mark()
+
+    # -- events from the client -----------------------------------------------------------------------
+
+    def on_downstream_data(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            self._protocol_error(error)
+            return
+        calls = self.calls
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                proxied = calls.get(event.stream_id)  # type: ignore[attr-defined]
+                if proxied is not None:
+                    proxied.client_data(event.data, event.flow_controlled_length, event.stream_ended is not None)  # type: ignore[attr-defined]
+                else:
+                    self.acknowledge(event.stream_id, event.flow_controlled_length)  # type: ignore[attr-defined]
+            elif kind is h2.events.RequestReceived:
+                self._request(event)  # type: ignore[arg-type]
+            elif kind is h2.events.StreamEnded:
+                proxied = calls.get(event.stream_id)  # type: ignore[attr-defined]
+                if proxied is not None and not proxied.client_ended:
+                    proxied.client_data(b"", 0, True)
+            elif kind is h2.events.WindowUpdated:
+                if event.stream_id == 0:  # type: ignore[attr-defined]
+                    for proxied in list(calls.values()):
+                        if proxied.to_client or proxied.trailers is not None:
+                            proxied.pump_client()
+                else:
+                    proxied = calls.get(event.stream_id)  # type: ignore[attr-defined]
+                    if proxied is not None:
+                        proxied.pump_client()
+            elif kind is h2.events.StreamReset:
+                self._client_reset(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is h2.events.PingReceived:
+                self._count("ping", self.http2.ping_flood)
+            elif kind is h2.events.RemoteSettingsChanged:
+                self._count("settings", self.http2.settings_flood)
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:  # type: ignore[attr-defined]
+                    for proxied in list(calls.values()):
+                        proxied.pump_client()
+            elif kind is h2.events.ConnectionTerminated:
+                self._draining = True  # the client will open no more streams
+            if self.closed:
+                return
+        self.mark()
+        self._maybe_close()
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        headers: Headers = list(event.headers)
+        if self._draining:
+            self.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        path = b""
+        content_type = b""
+        timeout: float | None = None
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = _parse_timeout(value)
+        text = path.decode("latin-1")
+        service, _, method = text[1:].partition("/") if text.startswith("/") else ("", "", "")
+        call = GrpcCall(
+            connection=self.info,
+            stream_id=stream_id,
+            path=text,
+            service=service or None,
+            method=method or None,
+            request_headers=headers,
+            started_ns=_now_ns(),
+            timeout=timeout,
+            is_grpc=content_type.startswith(b"application/grpc") and not content_type.startswith(b"application/grpc-"),
+        )
+        proxied = self.calls[stream_id] = _ProxiedCall(self, call)
+        if event.stream_ended is not None:
+            proxied.client_ended = True
+        if timeout is not None:
+            proxied.deadline_handle = self.loop.call_later(timeout, proxied.deadline_passed)
+        self._start(proxied, 0)
+
+    def _start(self, proxied: _ProxiedCall, first: int) -> None:
+        filters = self.filters
+        for index in range(first, len(filters)):
+            try:
+                action = filters[index].on_call_start(proxied.call)
+            except Exception as error:
+                self._filter_failed(filters[index], error)
+                continue
+            if action is None:
+                continue
+            if isinstance(action, Delay):
+                proxied.delay_handle = self.loop.call_later(action.seconds, self._release, proxied, index + 1)
+                return
+            if isinstance(action, GrpcAbort):
+                proxied.answer(action.status, action.message, "local")
+                return
+        headers = [(n, v) for n, v in proxied.call.request_headers if n not in _CONNECTION_SPECIFIC]
+        self.pool.open_stream(proxied, headers, end_stream=proxied.client_ended and not proxied.to_upstream)
+
+    def _release(self, proxied: _ProxiedCall, next_filter: int) -> None:
+        proxied.delay_handle = None
+        if not proxied.done and not self.closed:
+            self._start(proxied, next_filter)
+            self.mark()
+
+    def _client_reset(self, stream_id: int) -> None:
+        proxied = self.calls.get(stream_id)
+        self._count("reset", self.http2.rx_reset_flood)
+        self.http2.rx_reset.inc()
+        if proxied is None or proxied.done:
+            return
+        proxied.call.grpc_status = CANCELLED
+        proxied.cancel_upstream()
+        proxied.finish("client_reset")
+
+    def _count(self, kind: str, flood: Counter) -> None:
+        """Per-second budgets for frames a client can send without limit and that cost the proxy work."""
+        now = time.monotonic()
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            for key in self._counts:
+                self._counts[key] = 0
+        self._counts[kind] += 1
+        limit = {"reset": self.config.max_resets_per_second, "ping": self.config.max_pings_per_second,
+                 "settings": self.config.max_settings_per_second}[kind]
+        if self._counts[kind] > limit and not self._goaway_sent:
+            flood.inc()
+            log.warning(
+                "listener %s: connection %d from %s: more than %d %s frames a second; GOAWAY",
+                self.listener.name, self.connection_id, self.info.client, limit, kind.upper(),
+            )
+            self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _goaway(self, error_code: int) -> None:
+        self._goaway_sent = True
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection(error_code=error_code)
+        self.flush()
+        self.close(local=True)
+
+    def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
+        stats = self.http2
+        if isinstance(error, h2.exceptions.DenialOfServiceError):
+            text = str(error).lower()
+            (stats.header_overflow if "header" in text and "list" in text else stats.too_many_header_frames).inc()
+        elif isinstance(error, h2.exceptions.TooManyStreamsError):
+            stats.too_many_streams.inc()
+        else:
+            stats.protocol_error.inc()
+        log.warning(
+            "listener %s: connection %d from %s: HTTP/2 protocol error (%s: %s); GOAWAY",
+            self.listener.name, self.connection_id, self.info.client, type(error).__name__, error,
+        )
+        self._goaway_sent = True
+        self.flush()  # h2 has queued its GOAWAY
+        self.close(local=True)
+
+    # -- calls --------------------------------------------------------------------------------------------
+
+    def call_finished(self, proxied: _ProxiedCall) -> None:
+        self.calls.pop(proxied.stream_id, None)
+        call = proxied.call
+        for f in reversed(self.filters):
+            try:
+                f.on_call_end(call)
+            except Exception as error:
+                self._filter_failed(f, error)
+        self.mark()
+        if self._draining:
+            self.loop.call_soon(self._maybe_close)
+
+    def _filter_failed(self, grpc_filter: GrpcFilter, error: Exception) -> None:
+        self.http2.filter_error.inc()
+        log.error(
+            "listener %s: connection %d: filter %s failed (%s: %s); the call continues",
+            self.listener.name, self.connection_id, type(grpc_filter).__name__, type(error).__name__, error,
+            exc_info=True,
+        )
+
+    # -- drain and close ------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.calls)
+
+    def drain(self) -> None:
+        """Tell the client to open no more streams (GOAWAY with the last stream id), finish the open ones."""
+        self._draining = True
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+            self.mark()
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._draining and not self.calls and not self.closed:
+            self.flush()
+            self.close(local=True)
+
+    def eof_received(self) -> bool:
+        return False  # an HTTP/2 client that half-closes is gone: close
+
+    def on_close(self, *, local: bool) -> None:
+        active = 0
+        for proxied in list(self.calls.values()):
+            if not proxied.done:
+                active += 1
+                if proxied.call.grpc_status is None:
+                    proxied.call.grpc_status = CANCELLED
+                proxied.cancel_upstream()
+                proxied.finish("connection_closed")
+        self.calls.clear()
+        for f in self.filters:
+            f.on_connection_close(self.info, active_calls=active, local=local)

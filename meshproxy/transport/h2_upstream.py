@@ -1,0 +1,375 @@
+"""A cluster's pool of multiplexed HTTP/2 upstream connections, on h2 and asyncio Protocol callbacks.
+
+Client connections do not own upstream connections here (unlike the byte relay and the Mongo and DynamoDB
+sessions): every call of every client connection is a stream on one of a few shared upstream connections,
+as in Envoy's HTTP/2 connection pool. A connection takes new streams until it has as many as the server's
+``SETTINGS_MAX_CONCURRENT_STREAMS`` (capped at ``MAX_STREAMS_PER_CONNECTION``), then a new one is dialled.
+A connection that received ``GOAWAY`` takes no new streams; its streams above the server's last stream id
+were never processed, so they fail as ``unavailable`` (safe for the caller to retry), and it closes once
+the rest are done.
+
+The pool speaks to a call's upstream half through ``UpstreamStream`` callbacks. Writes are coalesced: every
+h2 operation marks its connection dirty and one ``Flusher`` pass per loop iteration writes each dirty
+connection's bytes once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster, Host
+
+log = logging.getLogger("meshproxy.h2")
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_STREAMS_PER_CONNECTION = 1000
+"""Streams one upstream connection carries at most, whatever the server allows (grpcio allows 2^31)."""
+UPSTREAM_WINDOW = 1 << 20
+"""Receive window per upstream stream (1 MiB) and for the connection (16 MiB): what a server may send
+ahead of the client reading it. The proxy acknowledges upstream bytes only once they are forwarded, so this
+is also the most the proxy buffers for one slow client stream."""
+
+
+class Flusher:
+    """Writes each dirty connection's pending h2 bytes once per loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: set[Flushable] = set()
+        self.scheduled = False
+
+    def mark(self, connection: Flushable) -> None:
+        self.dirty.add(connection)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, set()
+        for connection in dirty:
+            connection.flush()
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class UpstreamStream(Protocol):
+    """A call's upstream half, as the pool reports to it."""
+
+    def upstream_ready(self, connection: H2UpstreamConnection, stream_id: int) -> None:
+        """The request headers went out on ``stream_id``; request DATA may follow."""
+
+    def upstream_headers(self, headers: Headers, end_stream: bool) -> None:
+        """Response headers (``end_stream``: a trailers-only response)."""
+
+    def upstream_data(self, data: bytes, flow_controlled_length: int, end_stream: bool) -> None:
+        """Response DATA; acknowledge ``flow_controlled_length`` once it is forwarded."""
+
+    def upstream_trailers(self, headers: Headers) -> None:
+        """Response trailers: the stream is over."""
+
+    def upstream_reset(self, error_code: int) -> None:
+        """The server reset the stream."""
+
+    def upstream_window_opened(self) -> None:
+        """More request DATA may be sent."""
+
+    def upstream_failed(self, reason: str) -> None:
+        """The stream could not be opened or its connection went away before it ended."""
+
+
+class H2UpstreamConnection(asyncio.Protocol):
+    """One HTTP/2 client connection to one upstream host."""
+
+    def __init__(self, pool: H2UpstreamPool, host: Host) -> None:
+        self.pool = pool
+        self.host = host
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
+        )
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, UpstreamStream] = {}
+        self.goaway = False
+        self.closed = False
+        self.max_streams = MAX_STREAMS_PER_CONNECTION
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        h2c = self.h2
+        h2c.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: UPSTREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.pool.max_header_list_size,
+            },
+        )
+        h2c.initiate_connection()
+        h2c.increment_flow_control_window(16 * UPSTREAM_WINDOW - 65535)
+        self.flush()
+
+    @property
+    def capacity(self) -> int:
+        """Streams this connection can still open."""
+        if self.goaway or self.closed or self.transport is None:
+            return 0
+        limit = min(self.max_streams, self.h2.remote_settings.max_concurrent_streams)
+        return limit - len(self.streams)
+
+    def open_stream(self, handler: UpstreamStream, headers: Headers, end_stream: bool) -> None:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        self.streams[stream_id] = handler
+        self.pool.stats_rq_total.value += 1
+        self.mark()
+        handler.upstream_ready(self, stream_id)
+
+    def mark(self) -> None:
+        self.pool.flusher.mark(self)
+
+    def flush(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.pool.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
+            transport.write(data)
+
+    def forget(self, stream_id: int) -> None:
+        """The call is done with ``stream_id`` (ended, or reset by the proxy)."""
+        if self.streams.pop(stream_id, None) is not None:
+            self.pool.stream_finished(self)
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        """Cancel ``stream_id`` towards the server (the client went away, a deadline passed)."""
+        with contextlib.suppress(h2.exceptions.H2Error):  # already closed on the wire
+            self.h2.reset_stream(stream_id, error_code)
+        self.mark()
+        self.forget(stream_id)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.cluster.stats.upstream_cx_rx_bytes_total.value += len(data)
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as error:
+            log.warning("upstream %s: HTTP/2 protocol error (%s); closing", self.host.name, error)
+            self.pool.stats_protocol_error.inc()
+            self.mark()
+            self._fail_all("upstream HTTP/2 protocol error")
+            self._close()
+            return
+        streams = self.streams
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if handler is not None:
+                    handler.upstream_data(event.data, event.flow_controlled_length, event.stream_ended is not None)  # type: ignore[attr-defined]
+                else:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[attr-defined]
+            elif kind is h2.events.ResponseReceived:
+                handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if handler is not None:
+                    handler.upstream_headers(list(event.headers), event.stream_ended is not None)  # type: ignore[attr-defined]
+            elif kind is h2.events.TrailersReceived:
+                handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if handler is not None:
+                    handler.upstream_trailers(list(event.headers))  # type: ignore[attr-defined]
+            elif kind is h2.events.StreamReset:
+                handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if handler is not None:
+                    self.forget(event.stream_id)  # type: ignore[attr-defined]
+                    handler.upstream_reset(event.error_code)  # type: ignore[attr-defined]
+            elif kind is h2.events.WindowUpdated:
+                if event.stream_id == 0:  # type: ignore[attr-defined]
+                    for handler in list(streams.values()):
+                        handler.upstream_window_opened()
+                else:
+                    handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                    if handler is not None:
+                        handler.upstream_window_opened()
+            elif kind is h2.events.RemoteSettingsChanged:
+                changed = event.changed_settings  # type: ignore[attr-defined]
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                    for handler in list(streams.values()):
+                        handler.upstream_window_opened()
+                self.pool.connection_ready(self)
+            elif kind is h2.events.ConnectionTerminated:
+                self._goaway(event.last_stream_id or 0, event.error_code)  # type: ignore[attr-defined]
+        self.mark()
+
+    def _goaway(self, last_stream_id: int, error_code: int | None) -> None:
+        self.goaway = True
+        self.pool.stats_goaway.inc()
+        log.info("upstream %s: GOAWAY (last stream %d, error %s)", self.host.name, last_stream_id, error_code)
+        for stream_id in [s for s in self.streams if s > last_stream_id]:
+            handler = self.streams.pop(stream_id)
+            handler.upstream_failed("the server sent GOAWAY before processing the stream")
+        if not self.streams:
+            self._close()
+        self.pool.connection_ready(self)  # waiting calls go to another connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail_all("upstream connection closed")
+        self._close()
+
+    def _fail_all(self, reason: str) -> None:
+        streams, self.streams = self.streams, {}
+        for handler in streams.values():
+            handler.upstream_failed(reason)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.flush_final()
+        self.pool.connection_closed(self)
+
+    def flush_final(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            data = self.h2.data_to_send()
+            if data:
+                transport.write(data)
+            transport.close()
+
+    def close_when_idle(self) -> None:
+        """Drain: GOAWAY the server side too, and close once no stream is open."""
+        if not self.closed and self.transport is not None:
+            self.goaway = True
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection()
+            self.mark()
+            if not self.streams:
+                self._close()
+
+
+class H2UpstreamPool:
+    """The HTTP/2 connections of one cluster, shared by every client connection of a listener."""
+
+    def __init__(self, cluster: Cluster, *, max_header_list_size: int = 64 * 1024) -> None:
+        self.cluster = cluster
+        self.loop = asyncio.get_running_loop()
+        self.flusher = Flusher(self.loop)
+        self.max_header_list_size = max_header_list_size
+        self.connections: list[H2UpstreamConnection] = []
+        self.connecting: list[H2UpstreamConnection] = []
+        self.waiting: deque[tuple[UpstreamStream, Headers, bool]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        stats = cluster.stats
+        self.stats_rq_total = stats.upstream_rq_total
+        store = cluster.store
+        name = cluster.name
+        labels = {"cluster": name}
+        self.stats_goaway = store.counter(
+            f"cluster.{name}.upstream_cx_goaway", prom="meshproxy_cluster_upstream_cx_goaway", labels=labels
+        )
+        self.stats_protocol_error = store.counter(
+            f"cluster.{name}.upstream_cx_protocol_error",
+            prom="meshproxy_cluster_upstream_cx_protocol_error",
+            labels=labels,
+        )
+
+    def open_stream(self, handler: UpstreamStream, headers: Headers, end_stream: bool) -> None:
+        """Open a stream for ``handler`` now, or as soon as a connection has room (one is dialled if needed)."""
+        for connection in self.connections:
+            if connection.capacity > 0:
+                connection.open_stream(handler, headers, end_stream)
+                return
+        self.waiting.append((handler, headers, end_stream))
+        if not self.connecting:
+            self._dial()
+
+    def cancel_waiting(self, handler: UpstreamStream) -> None:
+        self.waiting = deque(entry for entry in self.waiting if entry[0] is not handler)
+
+    def _dial(self) -> None:
+        host = self.cluster.pick()
+        connection = H2UpstreamConnection(self, host)
+        self.connecting.append(connection)
+        task = self.loop.create_task(self._connect(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, connection: H2UpstreamConnection) -> None:
+        cluster, host = self.cluster, connection.host
+        try:
+            async with asyncio.timeout(cluster.connect_timeout):
+                await self.loop.create_connection(lambda: connection, host.address[0], host.address[1])
+        except (OSError, TimeoutError) as error:
+            self.connecting.remove(connection)
+            if isinstance(error, TimeoutError):
+                cluster.stats.upstream_cx_connect_timeout.inc()
+            cluster.stats.upstream_cx_connect_fail.inc()
+            host.stats.cx_connect_fail.inc()
+            reason = "connect timeout" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            log.warning("cluster %s: cannot reach %s: %s", cluster.name, host.name, reason)
+            waiting, self.waiting = self.waiting, deque()
+            for handler, _, _ in waiting:
+                handler.upstream_failed(f"upstream connect error: {reason}")
+            return
+        self.connecting.remove(connection)
+        cluster.stats.upstream_cx_total.inc()
+        cluster.stats.upstream_cx_active.inc()
+        host.stats.cx_total.inc()
+        host.stats.cx_active.inc()
+        self.connections.append(connection)
+        self.connection_ready(connection)
+
+    def connection_ready(self, connection: H2UpstreamConnection) -> None:
+        """A connection has room (connected, settings changed, a stream ended): start waiting streams."""
+        while self.waiting:
+            target = connection if connection.capacity > 0 else next(
+                (c for c in self.connections if c.capacity > 0), None
+            )
+            if target is None:
+                if not self.connecting:
+                    self._dial()
+                return
+            handler, headers, end_stream = self.waiting.popleft()
+            target.open_stream(handler, headers, end_stream)
+
+    def stream_finished(self, connection: H2UpstreamConnection) -> None:
+        if connection.goaway and not connection.streams:
+            connection._close()
+        elif self.waiting:
+            self.connection_ready(connection)
+
+    def connection_closed(self, connection: H2UpstreamConnection) -> None:
+        if connection in self.connections:
+            self.connections.remove(connection)
+            self.cluster.stats.upstream_cx_active.dec()
+            connection.host.stats.cx_active.dec()
+            self.cluster.stats.upstream_cx_destroy_remote.inc()
+
+    def close(self) -> None:
+        """Drain: every connection says GOAWAY and closes when its streams are done."""
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        for task in self._tasks:
+            task.cancel()
