@@ -5,7 +5,8 @@ payload size can be sent. Service ``meshproxy.test.Echo``:
 
 | method | shape | behaviour |
 | --- | --- | --- |
-| ``Unary`` | unary | answers ``echo:`` + the request; echoes ``x-*`` request metadata as initial metadata, and sends trailing metadata ``x-trailer: done`` |
+| ``Unary`` | unary | answers ``echo:`` + the request; echoes ``x-*`` request metadata as initial metadata; |
+| | | sends trailing metadata ``x-trailer: done`` |
 | ``Fail`` | unary | aborts with the status and message the request names: ``<code> <message>`` (UTF-8) |
 | ``Sleep`` | unary | sleeps the number of milliseconds the request names, then answers |
 | ``Count`` | server streaming | streams as many messages as the request names (``m0``, ``m1``, ...) |
