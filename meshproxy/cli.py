@@ -2,6 +2,7 @@
 
     meshproxy sidecar mongo --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
     meshproxy sidecar dynamo --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
+    meshproxy sidecar grpc --listen HOST:PORT --upstream HOST:PORT [--admin HOST:PORT|off] [...]
     meshproxy run -c FILE.yaml
     meshproxy check -c FILE.yaml
 
@@ -20,11 +21,13 @@ from meshproxy.config import (
     AccessLogFilterConfig,
     ConfigError,
     DynamoStatsFilterConfig,
+    GrpcStatsFilterConfig,
     MeshConfig,
     MongoFilterConfig,
     StatsFilterConfig,
     TopologyRewriteFilterConfig,
     dynamo_sidecar_config,
+    grpc_sidecar_config,
     load_config,
     mongo_sidecar_config,
     parse_address,
@@ -130,6 +133,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="largest request or response body accepted, e.g. 16MiB (the default); larger requests get a 413",
     )
 
+    grpc = protocols.add_parser(
+        "grpc",
+        help="gRPC: per-method stats, deadlines, HTTP/2 abuse limits, optional access log",
+        description=(
+            "Proxy gRPC clients (HTTP/2 with prior knowledge) to one server, counting every call per service, "
+            "method and status. Stats are served on the admin endpoint (/stats, /stats/prometheus)."
+        ),
+    )
+    _add_common_sidecar_arguments(grpc, server="the gRPC server (h2c)", default_prefix="grpc", decode_policy=False)
+    grpc.add_argument(
+        "--max-concurrent-streams", type=int, metavar="N",
+        help="streams one client connection may have open (default 100); more are refused",
+    )
+
     for name, text in (
         ("run", "run the proxy described by a YAML file"),
         ("check", "validate a YAML file and print a one-line summary; start nothing"),
@@ -139,7 +156,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common_sidecar_arguments(command: argparse.ArgumentParser, *, server: str, default_prefix: str) -> None:
+def _add_common_sidecar_arguments(
+    command: argparse.ArgumentParser, *, server: str, default_prefix: str, decode_policy: bool = True
+) -> None:
     """The flags every ``sidecar`` protocol takes, spelled and defaulted the same way."""
     command.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="where clients connect")
     command.add_argument(
@@ -156,10 +175,11 @@ def _add_common_sidecar_arguments(command: argparse.ArgumentParser, *, server: s
     command.add_argument(
         "--access-log", metavar="PATH|stdout|stderr", help="write one JSON line per operation to this file or stream"
     )
-    command.add_argument(
-        "--on-decode-error", choices=["close", "passthrough"], default="close",
-        help="what to do with a connection that sends undecodable bytes (default close)",
-    )
+    if decode_policy:
+        command.add_argument(
+            "--on-decode-error", choices=["close", "passthrough"], default="close",
+            help="what to do with a connection that sends undecodable bytes (default close)",
+        )
     command.add_argument(
         "--idle-timeout", type=_typed(parse_duration, "duration"), metavar="DURATION",
         help="close connections idle this long, e.g. 1h (default 1h; 0 disables)",
@@ -176,11 +196,21 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
         raise ConfigError("--listen and --upstream are the same address: the sidecar would connect to itself")
     if args.admin is not None and args.admin == args.listen and args.listen[1] != 0:
         raise ConfigError("--listen and --admin are the same address: each needs its own port")
-    options: dict[str, Any] = {"on_decode_error": args.on_decode_error}
+    options: dict[str, Any] = {}
+    if args.protocol != "grpc":
+        options["on_decode_error"] = args.on_decode_error
     if args.idle_timeout is not None:
         options["idle_timeout"] = args.idle_timeout
     access_log = [AccessLogFilterConfig(path=args.access_log)] if args.access_log else []
-    if args.protocol == "dynamo":
+    if args.protocol == "grpc":
+        if args.max_concurrent_streams is not None:
+            options["max_concurrent_streams"] = args.max_concurrent_streams
+        grpc_filters = [] if args.no_filters else [GrpcStatsFilterConfig(), *access_log]
+        config = grpc_sidecar_config(
+            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
+            filters=grpc_filters, **options,
+        )
+    elif args.protocol == "dynamo":
         options["invalid_requests"] = args.invalid_requests
         if args.upstream_timeout is not None:
             options["upstream_timeout"] = args.upstream_timeout

@@ -319,6 +319,9 @@ class ListenerConfig(_ListenerBase):
     filters: list[MongoFilterConfig] = Field(default_factory=_default_mongo_filters)
     max_message_size: Annotated[ByteSize, Field(ge=16)] = DEFAULT_MAX_MESSAGE_SIZE
     """At least 16 bytes (one message header): the decoder cannot frame anything smaller."""
+    protocol_clusters: dict[Literal["mongo", "dynamo", "grpc", "tcp"], str] | None = None
+    """``auto`` listeners: the cluster each sniffed protocol goes to (others go to ``cluster``), so one port
+    can front a MongoDB server, a DynamoDB endpoint and a gRPC service at once."""
 
 
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
@@ -396,6 +399,16 @@ class MeshConfig(_Model):
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:
         problems = _reference_problems([(x.name, x.cluster) for x in self.listeners], [c.name for c in self.clusters])
+        names = {c.name for c in self.clusters}
+        for index, listener in enumerate(self.listeners):
+            for kind, name in (getattr(listener, "protocol_clusters", None) or {}).items():
+                if name not in names:
+                    problems.append(
+                        (
+                            ("listeners", index, "protocol_clusters", kind),
+                            f"unknown cluster {name!r} (defined clusters: {', '.join(sorted(names))})",
+                        )
+                    )
         if problems:
             raise _LocatedError(problems)
         return self

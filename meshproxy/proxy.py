@@ -51,7 +51,15 @@ class Proxy:
         self.state = AdminState()
         self.clusters = {c.name: Cluster.from_config(c, self.stats) for c in config.clusters}
         self.listeners = {
-            lc.name: ListenerRuntime(lc, self.clusters[lc.cluster], self.stats) for lc in config.listeners
+            lc.name: ListenerRuntime(
+                lc,
+                self.clusters[lc.cluster],
+                self.stats,
+                protocol_clusters={
+                    kind: self.clusters[name] for kind, name in (getattr(lc, "protocol_clusters", None) or {}).items()
+                },
+            )
+            for lc in config.listeners
         }
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None

@@ -60,16 +60,21 @@ SIDECAR_DYNAMO_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--on-decode-error", "--idle-timeout",
     "--drain-timeout", "--no-filters", "--invalid-requests", "--upstream-timeout", "--max-body-size",
 ]  # fmt: skip
-SIDECAR_FLAGS = {"mongo": SIDECAR_MONGO_FLAGS, "dynamo": SIDECAR_DYNAMO_FLAGS}
+SIDECAR_GRPC_FLAGS = [
+    "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--idle-timeout", "--drain-timeout",
+    "--no-filters", "--max-concurrent-streams",
+]  # fmt: skip
+SIDECAR_FLAGS = {"mongo": SIDECAR_MONGO_FLAGS, "dynamo": SIDECAR_DYNAMO_FLAGS, "grpc": SIDECAR_GRPC_FLAGS}
 
 
 @pytest.mark.parametrize(
     ("argv", "flags"),
     [
         ([], ["--version", "--log-level", "sidecar", "run", "check", "exit status"]),
-        (["sidecar"], ["mongo", "dynamo"]),
+        (["sidecar"], ["mongo", "dynamo", "grpc"]),
         (["sidecar", "mongo"], SIDECAR_MONGO_FLAGS),
         (["sidecar", "dynamo"], SIDECAR_DYNAMO_FLAGS),
+        (["sidecar", "grpc"], SIDECAR_GRPC_FLAGS),
         (["run"], ["-c", "--config"]),
         (["check"], ["-c", "--config"]),
     ],
@@ -409,3 +414,26 @@ def test_dynamo_sidecar_process_proxies_boto3_counts_per_table_and_exits_0_on_si
     assert code == 0
     entries = [json.loads(line) for line in access_log.read_text().splitlines()]
     assert [e["operation"] for e in entries] == ["CreateTable", *["PutItem"] * 5, "GetItem"]
+
+
+@pytest.mark.integration
+def test_grpc_sidecar_process_proxies_grpcio_counts_per_method_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    from testbeds.grpc.service import SERVICE, EchoClient, EchoServer
+
+    listen, admin = free_port(), free_port()
+    access_log = tmp_path / "access.log"
+    with EchoServer() as server:
+        argv = [
+            "sidecar", "grpc", "--listen", f"127.0.0.1:{listen}", "--upstream", f"127.0.0.1:{server.port}",
+            "--admin", f"127.0.0.1:{admin}", "--stat-prefix", "cli", "--access-log", str(access_log),
+        ]  # fmt: skip
+        with running(argv, admin) as process, EchoClient(("127.0.0.1", listen)) as client:
+            answers = [client.unary(b"%d" % n, timeout=5) for n in range(3)]
+            stats = http_get(admin, f"/stats?filter=^cluster\\.upstream\\.grpc\\.{SERVICE}\\.Unary\\.total$")
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=10)
+    assert answers == [b"echo:0", b"echo:1", b"echo:2"]
+    assert stats == (200, f"cluster.upstream.grpc.{SERVICE}.Unary.total: 3\n")
+    assert code == 0
+    entries = [json.loads(line) for line in access_log.read_text().splitlines()]
+    assert [(e["method"], e["grpc_status"], e["request_messages"]) for e in entries] == [("Unary", 0, 1)] * 3

@@ -23,8 +23,16 @@ from meshproxy.config import (
     AdminConfig,
     ClusterConfig,
     ConfigError,
+    DynamoAbortConfig,
+    DynamoListenerConfig,
+    DynamoMatchConfig,
+    DynamoStatsFilterConfig,
     FaultFilterConfig,
     FixedDelay,
+    GrpcAbortConfig,
+    GrpcListenerConfig,
+    GrpcMatchConfig,
+    GrpcStatsFilterConfig,
     ListenerConfig,
     MeshConfig,
     MongoAbort,
@@ -506,6 +514,8 @@ def test_the_configuration_reference_has_a_table_row_for_every_field_of_every_mo
     models: list[type[BaseModel]] = [
         MeshConfig, AdminConfig, ListenerConfig, ClusterConfig, StatsFilterConfig, FaultFilterConfig,
         FixedDelay, MongoAbort, MongoMatch, AccessLogFilterConfig, TopologyRewriteFilterConfig,
+        DynamoListenerConfig, DynamoStatsFilterConfig, DynamoAbortConfig, DynamoMatchConfig,
+        GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig,
     ]  # fmt: skip
     missing = {f"{model}.{name}" for m in models for model, name in _fields(m) if name not in rows}
     assert not missing

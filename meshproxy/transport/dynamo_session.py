@@ -101,6 +101,8 @@ class _InFlight:
 class DynamoSession(Relay):
     """A DynamoDB client connection through the proxy."""
 
+    kind = "dynamo"
+
     dial_at_accept = False
 
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
@@ -340,7 +342,7 @@ class DynamoSession(Relay):
     # -- upstream failures ----------------------------------------------------------------------------
 
     def _connect_failed(self, host: Host, reason: str) -> None:
-        cluster = self.listener.cluster
+        cluster = self.cluster
         cluster.stats.upstream_cx_connect_fail.inc()
         if self.host is not None:
             self.host.stats.cx_connect_fail.inc()
@@ -378,7 +380,7 @@ class DynamoSession(Relay):
         self._upstream = None
         if transport is not None:
             self.up_transport = None
-            stats = self.listener.cluster.stats
+            stats = self.cluster.stats
             stats.upstream_cx_active.dec()
             if self.host is not None:
                 self.host.stats.cx_active.dec()
@@ -530,7 +532,7 @@ class DynamoSession(Relay):
         if self._upstream is not None:
             self._upstream.detached = True
             if self.up_transport is not None:
-                stats = self.listener.cluster.stats
+                stats = self.cluster.stats
                 stats.upstream_cx_active.dec()
                 if self.host is not None:
                     self.host.stats.cx_active.dec()

@@ -389,6 +389,8 @@ class _ProxiedCall:
 class GrpcSession(Relay):
     """A gRPC client connection (HTTP/2, prior knowledge) through the proxy."""
 
+    kind = "grpc"
+
     dial_at_accept = False
 
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:

@@ -130,11 +130,18 @@ class ListenerRuntime:
     """A bound listener and the sessions it owns."""
 
     def __init__(
-        self, config: ListenerConfig | DynamoListenerConfig | GrpcListenerConfig, cluster: Cluster, stats: StatsStore
+        self,
+        config: ListenerConfig | DynamoListenerConfig | GrpcListenerConfig,
+        cluster: Cluster,
+        stats: StatsStore,
+        *,
+        protocol_clusters: dict[str, Cluster] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.cluster = cluster
+        self.protocol_clusters = protocol_clusters or {}
+        """Per protocol (``mongo``, ``dynamo``, ``grpc``, ``tcp``), the cluster an ``auto`` listener sends it to."""
         self.idle_timeout = config.idle_timeout
         self.sessions: set[Relay] = set()
         self._server: asyncio.Server | None = None
@@ -213,6 +220,10 @@ class ListenerRuntime:
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
         self.dynamo_filters: list[DynamoFilter] = []
 
+    def cluster_for(self, kind: str) -> Cluster:
+        """The cluster a session of ``kind`` forwards to: its protocol's own, else the listener's."""
+        return self.protocol_clusters.get(kind, self.cluster)
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -235,12 +246,13 @@ class ListenerRuntime:
                 list(self.dynamo_config.filters), stats=self._stats_store, prefix=self.dynamo_config.prefix
             )
         if self.grpc_config is not None:
-            self.grpc_pool = H2UpstreamPool(self.cluster)
+            grpc_cluster = self.cluster_for("grpc")
+            self.grpc_pool = H2UpstreamPool(grpc_cluster)
             self.grpc_filters = build_grpc_filters(
                 list(self.grpc_config.filters),
                 stats=self._stats_store,
                 prefix=self.grpc_config.prefix,
-                cluster=self.cluster.name,
+                cluster=grpc_cluster.name,
             )
         if self.mongo_config is not None:
             self.mongo_filters = build_mongo_filters(

@@ -41,6 +41,8 @@ def _join(chunks: list[bytes]) -> bytes:
 class MongoSession(Relay):
     """A Mongo client connection through the proxy."""
 
+    kind = "mongo"
+
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
         super().__init__(listener, connection_id)
         config, stats = listener.mongo_config, listener.mongo_stats

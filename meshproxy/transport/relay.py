@@ -67,6 +67,10 @@ class _UpstreamProtocol(asyncio.Protocol):
 class Relay(asyncio.Protocol):
     """A downstream connection and its upstream twin. Subclasses add a protocol on top."""
 
+    kind = "tcp"
+    """Which of a listener's clusters this session's traffic goes to (``protocol_clusters`` of an ``auto``
+    listener can send each protocol to its own)."""
+
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
         self.listener = listener
         self.connection_id = connection_id
@@ -84,8 +88,9 @@ class Relay(asyncio.Protocol):
         self._up_eof = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self.cluster_stats_rx = listener.cluster.stats.upstream_cx_rx_bytes_total
-        self.cluster_stats_tx = listener.cluster.stats.upstream_cx_tx_bytes_total
+        self.cluster = listener.cluster_for(self.kind)
+        self.cluster_stats_rx = self.cluster.stats.upstream_cx_rx_bytes_total
+        self.cluster_stats_tx = self.cluster.stats.upstream_cx_tx_bytes_total
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -115,7 +120,7 @@ class Relay(asyncio.Protocol):
 
     def dial(self) -> None:
         """Pick a host and connect to it; client bytes sent meanwhile wait in the backlog."""
-        self.host = self.listener.cluster.pick()
+        self.host = self.cluster.pick()
         self._connect_task = self.loop.create_task(self._connect_upstream(self.host))
 
     @property
@@ -127,7 +132,7 @@ class Relay(asyncio.Protocol):
         return _UpstreamProtocol(self)
 
     async def _connect_upstream(self, host: Host) -> None:
-        cluster = self.listener.cluster
+        cluster = self.cluster
         try:
             async with asyncio.timeout(cluster.connect_timeout):
                 transport, _ = await self.loop.create_connection(
@@ -163,7 +168,7 @@ class Relay(asyncio.Protocol):
             transport.write_eof()
 
     def _connect_failed(self, host: Host, reason: str) -> None:
-        self.listener.cluster.stats.upstream_cx_connect_fail.inc()
+        self.cluster.stats.upstream_cx_connect_fail.inc()
         host.stats.cx_connect_fail.inc()
         log.warning(
             "listener %s: connection %d from %s: cannot reach upstream %s: %s",
@@ -210,11 +215,11 @@ class Relay(asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.up_transport is not None:
-            self.listener.cluster.stats.upstream_cx_active.dec()
+            self.cluster.stats.upstream_cx_active.dec()
             if self.host is not None:
                 self.host.stats.cx_active.dec()
             if not self.closed:
-                self.listener.cluster.stats.upstream_cx_destroy_remote.inc()
+                self.cluster.stats.upstream_cx_destroy_remote.inc()
         self.up_transport = None
         if not self.closed:
             # The server went away: the client's connection cannot continue (no protocol here can
@@ -244,7 +249,7 @@ class Relay(asyncio.Protocol):
 
     def requests_started(self) -> None:
         """One request went upstream: the cluster's and the host's ``upstream_rq_total`` / ``_active``."""
-        cluster = self.listener.cluster.stats
+        cluster = self.cluster.stats
         cluster.upstream_rq_total.value += 1
         cluster.upstream_rq_active.value += 1
         host = self.host
@@ -253,7 +258,7 @@ class Relay(asyncio.Protocol):
             host.stats.rq_active.value += 1
 
     def requests_finished(self, count: int) -> None:
-        self.listener.cluster.stats.upstream_rq_active.value -= count
+        self.cluster.stats.upstream_rq_active.value -= count
         host = self.host
         if host is not None:
             host.stats.rq_active.value -= count
@@ -311,7 +316,7 @@ class Relay(asyncio.Protocol):
         finally:
             if self.up_transport is not None:
                 if local:
-                    self.listener.cluster.stats.upstream_cx_destroy_local.inc()
+                    self.cluster.stats.upstream_cx_destroy_local.inc()
                 if abort:
                     self.up_transport.abort()
                 else:
