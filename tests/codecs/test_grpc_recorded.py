@@ -49,6 +49,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "grpc"
 MANIFEST: dict[str, Any] = json.loads((FIXTURES / "manifest.json").read_text())
 SCENARIOS: dict[str, dict[str, Any]] = MANIFEST["scenarios"]
 NAMES = sorted(SCENARIOS)
+SINGLE = [name for name in NAMES if SCENARIOS[name].get("calls", 1) == 1]  # one call on its connection
 
 # What grpcio itself advertises; the replaying connections must accept frames and windows that large.
 GRPCIO_SETTINGS = {SettingCodes.MAX_FRAME_SIZE: 4 * 1024 * 1024, SettingCodes.INITIAL_WINDOW_SIZE: 4 * 1024 * 1024}
@@ -163,7 +164,7 @@ def metadata_matches(headers: list[tuple[bytes, bytes]], expected: list[list[Any
 # ------------------------------------------------------------------------------------------- requests
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SINGLE)
 def test_request_headers_name_the_service_and_method_of_the_call(name: str) -> None:
     request, _ = only_stream(name)
     expected = SCENARIOS[name]
@@ -175,7 +176,7 @@ def test_request_headers_name_the_service_and_method_of_the_call(name: str) -> N
     assert is_grpc_content_type(header(request.headers, b"content-type") or b"")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SINGLE)
 def test_the_client_deadline_arrives_as_grpc_timeout_no_longer_than_it_was_set(name: str) -> None:
     request, _ = only_stream(name)
     timeout = parse_timeout(header(request.headers, b"grpc-timeout") or b"")
@@ -183,7 +184,7 @@ def test_the_client_deadline_arrives_as_grpc_timeout_no_longer_than_it_was_set(n
     assert timeout > SCENARIOS[name]["deadline"] - 1.0  # sent at once, not after a second of waiting
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SINGLE)
 def test_request_data_holds_exactly_the_messages_the_client_sent(name: str) -> None:
     request, _ = only_stream(name)
     expected = SCENARIOS[name]
@@ -195,7 +196,7 @@ def test_request_data_holds_exactly_the_messages_the_client_sent(name: str) -> N
     assert request.ended, "grpcio half-closes every request stream with END_STREAM"
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "request_metadata" in SCENARIOS[n]])
+@pytest.mark.parametrize("name", [n for n in SINGLE if "request_metadata" in SCENARIOS[n]])
 def test_custom_request_metadata_travels_in_the_request_headers(name: str) -> None:
     request, _ = only_stream(name)
     metadata_matches(request.headers, SCENARIOS[name]["request_metadata"])
@@ -204,7 +205,7 @@ def test_custom_request_metadata_travels_in_the_request_headers(name: str) -> No
 # ------------------------------------------------------------------------------------------ responses
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SINGLE)
 def test_response_data_holds_the_messages_the_client_received(name: str) -> None:
     _, response = only_stream(name)
     expected = SCENARIOS[name]
@@ -219,7 +220,7 @@ def test_response_data_holds_the_messages_the_client_received(name: str) -> None
         assert message.raw[5:] == message.data
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if SCENARIOS[n]["status_on_wire"]])
+@pytest.mark.parametrize("name", [n for n in SINGLE if SCENARIOS[n]["status_on_wire"]])
 def test_the_status_and_its_unicode_message_come_from_the_trailers(name: str) -> None:
     _, response = only_stream(name)
     expected = SCENARIOS[name]
@@ -249,7 +250,7 @@ def test_an_unknown_method_is_answered_unimplemented_with_trailers_only() -> Non
     assert status_from_trailers(response.headers)[0] == GrpcStatus.UNIMPLEMENTED
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if "trailing_metadata" in SCENARIOS[n]])
+@pytest.mark.parametrize("name", [n for n in SINGLE if "trailing_metadata" in SCENARIOS[n]])
 def test_custom_response_metadata_is_in_the_headers_and_the_trailers(name: str) -> None:
     _, response = only_stream(name)
     metadata_matches(response.headers, SCENARIOS[name]["initial_metadata"])
@@ -322,12 +323,32 @@ def test_a_20_kib_message_crosses_in_one_data_frame_because_grpcio_allows_4_mib_
     assert message.data == payload(SCENARIOS["large"]["responses"][0])
 
 
+def test_concurrent_calls_on_one_connection_each_keep_their_own_messages_and_status() -> None:
+    """Four unary calls at once: streams 1, 3, 5 and 7, their later HEADERS compressed against the HPACK
+    table the earlier ones filled, so a proxy must run one HPACK state per connection (h2 does)."""
+    requests, responses = REPLAYS["multiplexed"]
+    expected = SCENARIOS["multiplexed"]
+    assert sorted(requests.streams) == sorted(responses.streams) == [1, 3, 5, 7]
+    sent = []
+    for stream_id, request in requests.streams.items():
+        response = responses.streams[stream_id]
+        assert parse_path(header(request.headers, b":path") or b"") == (expected["service"], expected["method"])
+        metadata_matches(request.headers, expected["request_metadata"])
+        (asked,) = decode(request)
+        (answer,) = decode(response)
+        assert answer.data == b"pong:" + asked.data
+        assert status_from_trailers(response.trailers or []) == (GrpcStatus.OK, "")
+        sent.append(asked.data)
+    assert sorted(sent) == sorted(payload(p) for p in expected["requests"])
+
+
 # ------------------------------------------------------------------------------------ splits (hypothesis)
 
 PAYLOADS = {
-    f"{name}.{direction}": b"".join(side.data)
+    f"{name}.{direction}.{stream_id}": b"".join(side.data)
     for name in NAMES
-    for direction, side in zip(("c2s", "s2c"), only_stream(name), strict=True)
+    for direction, recorded in zip(("c2s", "s2c"), REPLAYS[name], strict=True)
+    for stream_id, side in recorded.streams.items()
     if side.data
 }
 EXPECTED = {key: [m.raw for m in GrpcMessageDecoder().feed(data)] for key, data in PAYLOADS.items()}
