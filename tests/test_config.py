@@ -272,7 +272,8 @@ def test_each_kind_of_type_error_reads_as_expected_and_got(data: dict[Any, Any],
 
 def test_a_choice_outside_the_allowed_values_lists_them() -> None:
     assert dict_error(minimal(protocol="http")) == (
-        "mesh.yaml: listeners[0].protocol: expected one of 'mongo', 'dynamo', 'grpc', 'tcp' or 'auto', got a string ('http')"
+        "mesh.yaml: listeners[0].protocol: expected one of 'mongo', 'dynamo', 'grpc', 'tcp' or 'auto', "
+        "got a string ('http')"
     )
 
 
