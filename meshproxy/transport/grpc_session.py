@@ -625,11 +625,13 @@ class GrpcSession(Relay):
 
     def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
         stats = self.http2
-        if isinstance(error, h2.exceptions.DenialOfServiceError):
-            text = str(error).lower()
-            (stats.header_overflow if "header" in text and "list" in text else stats.too_many_header_frames).inc()
-        elif isinstance(error, h2.exceptions.TooManyStreamsError):
+        text = str(error).lower()
+        if isinstance(error, h2.exceptions.TooManyStreamsError):
             stats.too_many_streams.inc()
+        elif isinstance(error, h2.exceptions.DenialOfServiceError):
+            stats.header_overflow.inc()  # h2: "Oversized header block" (over max_header_list_size)
+        elif "continuation" in text:
+            stats.too_many_header_frames.inc()  # h2: more CONTINUATION frames than it buffers
         else:
             stats.protocol_error.inc()
         log.warning(
