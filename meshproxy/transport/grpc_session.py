@@ -38,6 +38,16 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from meshproxy.codecs.errors import DecodeError
+from meshproxy.codecs.grpc import (
+    GrpcMessageCounter,
+    GrpcStatus,
+    encode_grpc_message,
+    is_grpc_content_type,
+    parse_path,
+    parse_timeout,
+    status_from_trailers,
+)
 from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
 from meshproxy.transport.relay import Relay
 
@@ -60,85 +70,13 @@ WRITE_BUFFER_LIMIT = 8 << 20
 
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
-OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL = 0, 1, 2, 4, 14, 13
-
-
-class MessageCounter:
-    """Counts gRPC messages in a stream of DATA payloads without buffering them: it reads the 5-byte prefix
-    of each message (which may be split across frames) and skips the declared number of bytes."""
-
-    __slots__ = ("count", "prefix", "remaining")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.remaining = 0
-        """Bytes of the current message still to come."""
-        self.prefix = b""
-        """The part of a split prefix received so far."""
-
-    def feed(self, data: bytes) -> None:
-        size = len(data)
-        pos = 0
-        while pos < size:
-            if self.remaining:
-                step = min(self.remaining, size - pos)
-                self.remaining -= step
-                pos += step
-                continue
-            if self.prefix or size - pos < 5:
-                need = 5 - len(self.prefix)
-                self.prefix += data[pos : pos + need]
-                pos += need
-                if len(self.prefix) < 5:
-                    return
-                header, self.prefix = self.prefix, b""
-            else:
-                header = data[pos : pos + 5]
-                pos += 5
-            self.count += 1
-            self.remaining = int.from_bytes(header[1:5], "big")
-
-
-def _percent_encode(text: str) -> bytes:
-    out = bytearray()
-    for byte in text.encode():
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
-    return bytes(out)
-
-
-def _percent_decode(value: bytes) -> str:
-    out = bytearray()
-    i = 0
-    while i < len(value):
-        if value[i] == 0x25 and i + 2 < len(value) + 0 and _is_hex(value[i + 1 : i + 3]):
-            out.append(int(value[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.append(value[i])
-            i += 1
-    return out.decode("utf-8", "replace")
-
-
-def _is_hex(pair: bytes) -> bool:
-    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
-
-
-def _parse_timeout(value: bytes) -> float | None:
-    """``grpc-timeout``: up to 8 digits and a unit (H M S m u n); None when malformed (then ignored)."""
-    units = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-    digits, unit = value[:-1], value[-1:]
-    if not digits.isdigit() or len(digits) > 8 or unit not in units:
-        return None
-    return int(digits) * units[unit]
+CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE = GrpcStatus.CANCELLED, GrpcStatus.DEADLINE_EXCEEDED, GrpcStatus.UNAVAILABLE
 
 
 def _status_headers(status: int, message: str) -> Headers:
     headers: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % status)]
     if message:
-        headers.append((b"grpc-message", _percent_encode(message)))
+        headers.append((b"grpc-message", encode_grpc_message(message)))
     return headers
 
 
@@ -167,8 +105,8 @@ class _ProxiedCall:
         self.response_started = False
         self.client_window_waiting = False
         self.done = False
-        self.request_counter = MessageCounter()
-        self.response_counter = MessageCounter()
+        self.request_counter = GrpcMessageCounter()
+        self.response_counter = GrpcMessageCounter()
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.delay_handle: asyncio.TimerHandle | None = None
 
@@ -327,11 +265,8 @@ class _ProxiedCall:
 
     def _read_status(self, headers: Headers) -> None:
         call = self.call
-        for name, value in headers:
-            if name == b"grpc-status":
-                call.grpc_status = int(value) if value.isdigit() else UNKNOWN
-            elif name == b"grpc-message":
-                call.grpc_message = _percent_decode(value)
+        code, message = status_from_trailers(headers)
+        call.grpc_status, call.grpc_message = int(code), message or None
 
     def answer(self, status: int, message: str, reason: str) -> None:
         """End the call with a status from the proxy: trailers-only if nothing was sent yet, else trailers."""
@@ -533,8 +468,7 @@ class GrpcSession(Relay):
         if self._draining:
             self.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        path = b""
-        content_type = b""
+        path = content_type = b""
         timeout: float | None = None
         for name, value in headers:
             if name == b":path":
@@ -542,19 +476,26 @@ class GrpcSession(Relay):
             elif name == b"content-type":
                 content_type = value
             elif name == b"grpc-timeout":
-                timeout = _parse_timeout(value)
-        text = path.decode("latin-1")
-        service, _, method = text[1:].partition("/") if text.startswith("/") else ("", "", "")
+                try:
+                    timeout = parse_timeout(value)
+                except DecodeError:
+                    timeout = None  # a malformed timeout is ignored, as gRPC servers ignore it
+        service: str | None
+        method: str | None
+        try:
+            service, method = parse_path(path)
+        except DecodeError:
+            service = method = None
         call = GrpcCall(
             connection=self.info,
             stream_id=stream_id,
-            path=text,
-            service=service or None,
-            method=method or None,
+            path=path.decode("latin-1"),
+            service=service,
+            method=method,
             request_headers=headers,
             started_ns=_now_ns(),
             timeout=timeout,
-            is_grpc=content_type.startswith(b"application/grpc") and not content_type.startswith(b"application/grpc-"),
+            is_grpc=is_grpc_content_type(content_type),
         )
         proxied = self.calls[stream_id] = _ProxiedCall(self, call)
         if event.stream_ended is not None:

@@ -27,6 +27,7 @@ message costs one ``struct.unpack_from``, two slices and one slots dataclass; th
 
 from __future__ import annotations
 
+from meshproxy.codecs.grpc._counter import GrpcMessageCounter
 from meshproxy.codecs.grpc._framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ENCODINGS,
@@ -62,6 +63,7 @@ __all__ = [
     "PREFIX_SIZE",
     "TRUE_BINARY_SETTING",
     "GrpcMessage",
+    "GrpcMessageCounter",
     "GrpcMessageDecoder",
     "GrpcStatus",
     "compress",
