@@ -346,6 +346,23 @@ class DynamoListenerConfig(_ListenerBase):
     closed (Envoy's route timeout is 15 s; DynamoDB's SDKs wait 60 s by default). 0 disables."""
 
 
+class GrpcRetryConfig(_Model):
+    """Retry calls that failed before anything reached the client, within a budget."""
+
+    on: Annotated[list[GrpcStatusCode], Field(min_length=1)] = [14]
+    """Statuses that start another attempt (by code or name); a status in trailers counts as much as one in
+    a trailers-only response (Envoy retries only the latter)."""
+    max_retries: Annotated[int, Field(ge=1, le=10)] = 2
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    """Retries in flight at most this share of the calls in progress ..."""
+    min_retry_concurrency: Annotated[int, Field(ge=0)] = 3
+    """... or this many, whichever is more."""
+    max_request_bytes: ByteSize = 64 * 1024
+    """Request bytes kept to send again; a call whose request is larger is not retried."""
+    backoff: Duration = 0.025
+    """Base of the exponential back-off with full jitter (25 ms, as Envoy's)."""
+
+
 class GrpcListenerConfig(_ListenerBase):
     """A gRPC listener: HTTP/2 with prior knowledge (h2c), calls carried on a pool of upstream connections."""
 
@@ -360,6 +377,8 @@ class GrpcListenerConfig(_ListenerBase):
     """Streams a client may reset per second before the connection gets GOAWAY (rapid reset)."""
     max_pings_per_second: Annotated[int, Field(ge=1)] = 100
     max_settings_per_second: Annotated[int, Field(ge=1)] = 100
+    retry: GrpcRetryConfig | None = None
+    """Retries for calls that fail before any response message reached the client; none by default."""
 
 
 LISTENER_PROTOCOLS = ("mongo", "dynamo", "grpc", "tcp", "auto")

@@ -32,6 +32,7 @@ from meshproxy.config import (
     GrpcAbortConfig,
     GrpcListenerConfig,
     GrpcMatchConfig,
+    GrpcRetryConfig,
     GrpcStatsFilterConfig,
     ListenerConfig,
     MeshConfig,
@@ -516,7 +517,7 @@ def test_the_configuration_reference_has_a_table_row_for_every_field_of_every_mo
         MeshConfig, AdminConfig, ListenerConfig, ClusterConfig, StatsFilterConfig, FaultFilterConfig,
         FixedDelay, MongoAbort, MongoMatch, AccessLogFilterConfig, TopologyRewriteFilterConfig,
         DynamoListenerConfig, DynamoStatsFilterConfig, DynamoAbortConfig, DynamoMatchConfig,
-        GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig,
+        GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig, GrpcRetryConfig,
     ]  # fmt: skip
     missing = {f"{model}.{name}" for m in models for model, name in _fields(m) if name not in rows}
     assert not missing

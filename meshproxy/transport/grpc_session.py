@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -85,8 +86,9 @@ class _ProxiedCall:
 
     __slots__ = (
         "call", "client_ended", "client_window_waiting", "deadline_handle", "delay_handle", "done",
-        "end_sent_upstream", "request_counter", "response_counter", "response_started", "session", "stream_id",
-        "to_client", "to_upstream", "trailers", "up_id", "upstream",
+        "end_sent_upstream", "held_headers", "replay", "replay_bytes", "request_counter", "response_counter",
+        "response_started", "retries", "retry_handle", "session", "stream_id", "to_client", "to_upstream",
+        "trailers", "up_id", "upstream",
     )
 
     def __init__(self, session: GrpcSession, call: GrpcCall) -> None:
@@ -109,6 +111,15 @@ class _ProxiedCall:
         self.response_counter = GrpcMessageCounter()
         self.deadline_handle: asyncio.TimerHandle | None = None
         self.delay_handle: asyncio.TimerHandle | None = None
+        self.retries = 0
+        self.retry_handle: asyncio.TimerHandle | None = None
+        self.replay: list[bytes] | None = [] if session.retry is not None else None
+        """Request DATA kept to send again on a retry; None once the call can no longer be retried (its
+        request outgrew ``max_request_bytes``, or a response message reached the client)."""
+        self.replay_bytes = 0
+        self.held_headers: Headers | None = None
+        """Response headers held back while the call may still be retried: once they reach the client, a
+        status in the trailers can no longer be replaced by another attempt's."""
 
     # -- client -> upstream ---------------------------------------------------------------------------
 
@@ -116,6 +127,14 @@ class _ProxiedCall:
         call = self.call
         call.request_bytes += len(data)
         self.request_counter.feed(data)
+        replay = self.replay
+        if replay is not None and data:
+            self.replay_bytes += len(data)
+            retry = self.session.retry
+            if retry is not None and self.replay_bytes <= retry.max_request_bytes:
+                replay.append(data)
+            else:
+                self.replay = None
         if data or flow_len:
             self.to_upstream.append((data, flow_len))
         if end:
@@ -169,20 +188,35 @@ class _ProxiedCall:
         for name, value in headers:
             if name == b":status":
                 call.http_status = int(value) if value.isdigit() else None
-        self.response_started = True
         forwarded = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
         if end_stream:  # trailers-only
             self._read_status(headers)
+            if self._retry_if_allowed():
+                return
+            self.response_started = True
             self.session.send_headers(self.stream_id, forwarded, end_stream=True)
             self.finish("trailers")
+        elif self.replay is not None:
+            self.held_headers = forwarded  # until a message or the trailers say whether to retry
         else:
+            self.response_started = True
             self.session.send_headers(self.stream_id, forwarded, end_stream=False)
+
+    def _release_headers(self) -> None:
+        """The attempt's response goes to the client: no retry is possible from here on."""
+        held, self.held_headers = self.held_headers, None
+        self.replay = None
+        if held is not None:
+            self.response_started = True
+            self.session.send_headers(self.stream_id, held, end_stream=False)
 
     def upstream_data(self, data: bytes, flow_len: int, end_stream: bool) -> None:
         if self.done:
             if self.upstream is not None:
                 self.upstream.h2.acknowledge_received_data(flow_len, self.up_id)
             return
+        if self.held_headers is not None or self.replay is not None:
+            self._release_headers()
         call = self.call
         call.response_bytes += len(data)
         self.response_counter.feed(data)
@@ -196,6 +230,9 @@ class _ProxiedCall:
             return
         self.call.trailers = headers
         self._read_status(headers)
+        if self._retry_if_allowed():
+            return
+        self._release_headers()
         self.trailers = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
         self.pump_client()
 
@@ -242,6 +279,11 @@ class _ProxiedCall:
         if self.done:
             return
         self.upstream = None
+        if error_code == h2.errors.ErrorCodes.REFUSED_STREAM:  # never processed: as safe as UNAVAILABLE
+            self.call.grpc_status = UNAVAILABLE
+            if self._retry_if_allowed():
+                return
+        self.held_headers = None
         if self.response_started:
             self.session.reset_stream(self.stream_id, error_code)
             self.call.grpc_status = CANCELLED if error_code == h2.errors.ErrorCodes.CANCEL else UNAVAILABLE
@@ -254,12 +296,63 @@ class _ProxiedCall:
         if self.done:
             return
         self.upstream = None
+        self.call.grpc_status = UNAVAILABLE
+        if self._retry_if_allowed():
+            return
+        self.held_headers = None
         if self.response_started:
             self.session.reset_stream(self.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.call.grpc_status = UNAVAILABLE
             self.finish("upstream_unavailable")
         else:
             self.answer(UNAVAILABLE, reason, "upstream_unavailable")
+
+    # -- retries ----------------------------------------------------------------------------------------
+
+    def _retry_if_allowed(self) -> bool:
+        """Start another attempt if the status is one to retry, nothing reached the client yet, this call has
+        retries left and the listener's retry budget allows one more in flight."""
+        retry = self.session.retry
+        status = self.call.grpc_status
+        if retry is None or self.replay is None or status not in retry.on or self.response_started:
+            return False
+        stats = self.session.retry_stats
+        if self.retries >= retry.max_retries:
+            stats.limit_exceeded.inc()
+            return False
+        budget = self.session.retry_budget
+        allowed = max(retry.min_retry_concurrency, retry.budget_percent / 100 * budget.active_calls)
+        if budget.active_retries + 1 > allowed:
+            stats.overflow.inc()
+            return False
+        old = self.upstream
+        if old is not None:
+            self.upstream = None
+            old.forget(self.up_id)
+        self.retries += 1
+        budget.active_retries += 1
+        stats.retry.inc()
+        self.held_headers = None
+        self.call.grpc_status = self.call.grpc_message = None
+        self.call.response_headers = self.call.trailers = None
+        self.response_counter = GrpcMessageCounter()
+        self.call.response_bytes = 0
+        # Exponential back-off with full jitter, as Envoy's (base 25 ms): 0..25 ms, 0..50 ms, ...
+        delay = random.random() * retry.backoff * (2 ** (self.retries - 1))
+        self.retry_handle = self.session.loop.call_later(delay, self._attempt)
+        return True
+
+    def _attempt(self) -> None:
+        self.retry_handle = None
+        self.session.retry_budget.active_retries -= 1
+        if self.done or self.session.closed:
+            return
+        replay = self.replay or []
+        self.to_upstream = deque((data, 0) for data in replay)  # acknowledged to the client already
+        self.end_sent_upstream = False
+        headers = [(n, v) for n, v in self.call.request_headers if n not in _CONNECTION_SPECIFIC]
+        self.session.pool.open_stream(self, headers, end_stream=self.client_ended and not self.to_upstream)
+        self.session.mark()
 
     # -- endings ----------------------------------------------------------------------------------------
 
@@ -273,6 +366,7 @@ class _ProxiedCall:
         call = self.call
         call.grpc_status, call.grpc_message, call.local = status, message or None, True
         self.to_client.clear()
+        self.held_headers = None
         if self.response_started:
             self.session.send_headers(
                 self.stream_id, [h for h in _status_headers(status, message) if h[0].startswith(b"grpc-")], True
@@ -310,6 +404,12 @@ class _ProxiedCall:
             self.deadline_handle.cancel()
         if self.delay_handle is not None:
             self.delay_handle.cancel()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.session.retry_budget.active_retries -= 1
+        if self.retries and call.grpc_status == 0:
+            self.session.retry_stats.success.inc()
+        self.session.retry_budget.active_calls -= 1
         upstream = self.upstream
         if upstream is not None:
             upstream.forget(self.up_id)
@@ -340,6 +440,9 @@ class GrpcSession(Relay):
         self.http2 = listener.http2_stats
         self.http2_deadline = self.http2.deadline_exceeded
         self.filters: list[GrpcFilter] = listener.grpc_filters
+        self.retry = config.retry
+        self.retry_budget = listener.grpc_retry_budget
+        self.retry_stats = listener.grpc_retry_stats
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         )
@@ -498,6 +601,7 @@ class GrpcSession(Relay):
             is_grpc=is_grpc_content_type(content_type),
         )
         proxied = self.calls[stream_id] = _ProxiedCall(self, call)
+        self.retry_budget.active_calls += 1
         if event.stream_ended is not None:
             proxied.client_ended = True
         if timeout is not None:

@@ -126,6 +126,27 @@ class Http2Stats:
         return cls(*_session_counters(stats, "http2", prefix, list(cls.__dataclass_fields__)))
 
 
+@dataclass(slots=True)
+class RetryBudget:
+    """Calls in progress and retries waiting or in flight on one listener: a retry is allowed while
+    retries stay under ``budget_percent`` of the calls (or ``min_retry_concurrency``), as in Envoy's retry
+    budgets, so a failing upstream is not hit with a multiple of its load."""
+
+    active_calls: int = 0
+    active_retries: int = 0
+
+
+@dataclass(slots=True)
+class RetryStats:
+    retry: Counter
+    success: Counter
+    """Calls that succeeded after at least one retry."""
+    overflow: Counter
+    """Retries refused by the budget."""
+    limit_exceeded: Counter
+    """Calls that still failed after ``max_retries``."""
+
+
 class ListenerRuntime:
     """A bound listener and the sessions it owns."""
 
@@ -216,6 +237,18 @@ class ListenerRuntime:
         self.http2_stats = Http2Stats.create(stats, prefix) if self.grpc_config is not None else None
         self.grpc_pool: H2UpstreamPool | None = None  # made in start(): it needs the running loop
         self.grpc_filters: list[GrpcFilter] = []
+        self.grpc_retry_budget = RetryBudget()
+        grpc_cluster = self.cluster_for("grpc").name
+        self.grpc_retry_stats = RetryStats(
+            *(
+                stats.counter(
+                    f"cluster.{grpc_cluster}.upstream_rq_{name}",
+                    prom=f"meshproxy_cluster_upstream_rq_{name}",
+                    labels={"cluster": grpc_cluster},
+                )
+                for name in ("retry", "retry_success", "retry_overflow", "retry_limit_exceeded")
+            )
+        )
         self._stats_store = stats
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
         self.dynamo_filters: list[DynamoFilter] = []

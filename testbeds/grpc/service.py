@@ -13,6 +13,9 @@ payload size can be sent. Service ``meshproxy.test.Echo``:
 | ``Sum`` | client streaming | answers the number of messages and bytes it received |
 | ``Ping`` | bidi | answers each message with ``pong:`` + it, in step |
 | ``Wait`` | server streaming | streams one message per 10 ms until cancelled; records that it saw the cancel |
+| ``Flaky`` | unary | request ``<key> <failures> <where>``: the first ``failures`` calls with that key fail |
+| | | ``UNAVAILABLE``, in a trailers-only response (``where`` = ``headers``) or in trailers after |
+| | | response headers (``trailers``) |
 
 plus ``grpc.health.v1.Health`` reporting ``SERVING`` for ``""`` and ``meshproxy.test.Echo``.
 """
@@ -42,6 +45,8 @@ class EchoService:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         echoed = tuple((k, v) for k, v in context.invocation_metadata() if k.startswith("x-"))
@@ -58,6 +63,16 @@ class EchoService:
     def sleep(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         time.sleep(int(request) / 1000)
         return b"awake"
+
+    def flaky(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        key, failures, where = request.decode().split()
+        with self._lock:
+            attempt = self.attempts[key] = self.attempts.get(key, 0) + 1
+        if attempt <= int(failures):
+            if where == "trailers":
+                context.send_initial_metadata((("x-attempt", str(attempt)),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"attempt {attempt} fails")
+        return b"ok:%d" % attempt
 
     def count(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         for index in range(int(request)):
@@ -94,6 +109,7 @@ class EchoService:
             {
                 "Unary": unary(self.unary, _identity, _identity),
                 "Fail": unary(self.fail, _identity, _identity),
+                "Flaky": unary(self.flaky, _identity, _identity),
                 "Sleep": unary(self.sleep, _identity, _identity),
                 "Count": stream(self.count, _identity, _identity),
                 "Sum": grpc.stream_unary_rpc_method_handler(self.sum, _identity, _identity),
@@ -133,6 +149,7 @@ class EchoClient:
         path = f"/{SERVICE}/"
         self.unary = channel.unary_unary(path + "Unary", _identity, _identity)
         self.fail = channel.unary_unary(path + "Fail", _identity, _identity)
+        self.flaky = channel.unary_unary(path + "Flaky", _identity, _identity)
         self.sleep = channel.unary_unary(path + "Sleep", _identity, _identity)
         self.count = channel.unary_stream(path + "Count", _identity, _identity)
         self.sum = channel.stream_unary(path + "Sum", _identity, _identity)
