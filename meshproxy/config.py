@@ -379,6 +379,10 @@ class GrpcListenerConfig(_ListenerBase):
     max_settings_per_second: Annotated[int, Field(ge=1)] = 100
     retry: GrpcRetryConfig | None = None
     """Retries for calls that fail before any response message reached the client; none by default."""
+    grpc_timeout_offset: Duration = 0.01
+    """The proxy ends a call this much before its ``grpc-timeout`` (Envoy's ``grpc_timeout_header_offset``),
+    so its DEADLINE_EXCEEDED, with the upstream stream cancelled, reaches the client before the client's own
+    timer fires."""
 
 
 LISTENER_PROTOCOLS = ("mongo", "dynamo", "grpc", "tcp", "auto")

@@ -49,6 +49,7 @@ from meshproxy.codecs.grpc import (
     parse_timeout,
     status_from_trailers,
 )
+from meshproxy.codecs.http2 import GoawaySplitter, goaway_frame
 from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
 from meshproxy.transport.relay import Relay
 
@@ -66,6 +67,9 @@ STREAM_WINDOW = 1 << 20
 """What a client may send ahead on one stream before the proxy has forwarded it (1 MiB)."""
 CONNECTION_WINDOW = 16 << 20
 """... and on the whole connection (16 MiB)."""
+DEADLINE_SLACK = 0.005
+"""A client reset this close to its deadline (the proxy started its clock a little after the client) is the
+client's own deadline passing, not a cancel."""
 WRITE_BUFFER_LIMIT = 8 << 20
 """Bytes waiting in the socket for a client that does not read, past which the connection is closed."""
 
@@ -447,8 +451,10 @@ class GrpcSession(Relay):
             h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
         )
         self.calls: dict[int, _ProxiedCall] = {}
+        self.splitter = GoawaySplitter(expect_preface=True)
         self._draining = False
         self._goaway_sent = False
+        self._eof_sent = False
         self._window_start = 0.0
         self._counts = {"reset": 0, "ping": 0, "settings": 0}
 
@@ -521,10 +527,16 @@ class GrpcSession(Relay):
 
     def on_downstream_data(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
+            data, goaways = self.splitter.feed(data)
+            events = self.h2.receive_data(data) if data else []
         except h2.exceptions.ProtocolError as error:
             self._protocol_error(error)
             return
+        except DecodeError as error:
+            self._protocol_error(h2.exceptions.ProtocolError(str(error)))
+            return
+        if goaways:
+            self._draining = True  # the client will open no more streams; the open ones finish
         calls = self.calls
         for event in events:
             kind = type(event)
@@ -605,7 +617,8 @@ class GrpcSession(Relay):
         if event.stream_ended is not None:
             proxied.client_ended = True
         if timeout is not None:
-            proxied.deadline_handle = self.loop.call_later(timeout, proxied.deadline_passed)
+            offset = self.config.grpc_timeout_offset
+            proxied.deadline_handle = self.loop.call_later(max(0.0, timeout - offset), proxied.deadline_passed)
         self._start(proxied, 0)
 
     def _start(self, proxied: _ProxiedCall, first: int) -> None:
@@ -639,9 +652,13 @@ class GrpcSession(Relay):
         self.http2.rx_reset.inc()
         if proxied is None or proxied.done:
             return
-        proxied.call.grpc_status = CANCELLED
+        call = proxied.call
+        # A client whose own deadline passed cancels the stream itself (grpcio does, at the same moment as the
+        # proxy's timer): that call ended in DEADLINE_EXCEEDED, which is what the client reports.
+        late = call.timeout is not None and _now_ns() - call.started_ns >= (call.timeout - DEADLINE_SLACK) * 1e9
+        call.grpc_status = DEADLINE_EXCEEDED if late else CANCELLED
         proxied.cancel_upstream()
-        proxied.finish("client_reset")
+        proxied.finish("deadline" if late else "client_reset")
 
     def _count(self, kind: str, flood: Counter) -> None:
         """Per-second budgets for frames a client can send without limit and that cost the proxy work."""
@@ -718,16 +735,28 @@ class GrpcSession(Relay):
     def drain(self) -> None:
         """Tell the client to open no more streams (GOAWAY with the last stream id), finish the open ones."""
         self._draining = True
-        if not self._goaway_sent:
+        if not self._goaway_sent and not self.closed:
             self._goaway_sent = True
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
-            self.mark()
+            self.flush()
+            # Written past h2, which would stop the open streams if it knew (see meshproxy.codecs.http2).
+            self.down_transport.write(goaway_frame(self.h2.highest_inbound_stream_id))
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self._draining and not self.calls and not self.closed:
+        """With no call left on a draining connection, end the proxy's side and let the client close its
+        own: closing outright while the client's last frames are still unread would make the kernel answer
+        them with a reset, which can destroy the GOAWAY before the client reads it."""
+        if self._draining and not self.calls and not self.closed and not self._eof_sent:
             self.flush()
+            transport = self.down_transport
+            self.http2.cx_drain_close.inc()
+            try:
+                if transport.can_write_eof():
+                    self._eof_sent = True
+                    transport.write_eof()
+                    return
+            except OSError:  # the client is gone already
+                pass
             self.close(local=True)
 
     def eof_received(self) -> bool:

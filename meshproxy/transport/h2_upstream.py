@@ -29,6 +29,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from meshproxy.codecs.errors import DecodeError
+from meshproxy.codecs.http2 import GoawaySplitter, goaway_frame
+
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster, Host
 
@@ -108,6 +111,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.goaway = False
         self.closed = False
         self.max_streams = MAX_STREAMS_PER_CONNECTION
+        self.splitter = GoawaySplitter(expect_preface=False)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -174,8 +178,9 @@ class H2UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.pool.cluster.stats.upstream_cx_rx_bytes_total.value += len(data)
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as error:
+            data, goaways = self.splitter.feed(data)
+            events = self.h2.receive_data(data) if data else []
+        except (h2.exceptions.ProtocolError, DecodeError) as error:
             log.warning("upstream %s: HTTP/2 protocol error (%s); closing", self.host.name, error)
             self.pool.stats_protocol_error.inc()
             self.mark()
@@ -218,8 +223,8 @@ class H2UpstreamConnection(asyncio.Protocol):
                     for handler in list(streams.values()):
                         handler.upstream_window_opened()
                 self.pool.connection_ready(self)
-            elif kind is h2.events.ConnectionTerminated:
-                self._goaway(event.last_stream_id or 0, event.error_code)  # type: ignore[attr-defined]
+        for goaway in goaways:
+            self._goaway(goaway.last_stream_id, goaway.error_code)
         self.mark()
 
     def _goaway(self, last_stream_id: int, error_code: int | None) -> None:
@@ -262,9 +267,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         """Drain: GOAWAY the server side too, and close once no stream is open."""
         if not self.closed and self.transport is not None:
             self.goaway = True
-            with contextlib.suppress(h2.exceptions.H2Error):
-                self.h2.close_connection()
-            self.mark()
+            self.flush()
+            self.transport.write(goaway_frame(0))  # written past h2, which would stop the open streams
             if not self.streams:
                 self._close()
 

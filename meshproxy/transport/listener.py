@@ -120,6 +120,8 @@ class Http2Stats:
     deadline_exceeded: Counter
     """Calls the proxy ended with DEADLINE_EXCEEDED when their ``grpc-timeout`` passed."""
     filter_error: Counter
+    cx_drain_close: Counter
+    """Connections ended by a drain (GOAWAY, then the proxy's side closed once no call was left)."""
 
     @classmethod
     def create(cls, stats: StatsStore, prefix: str) -> Http2Stats:

@@ -89,5 +89,6 @@ def test_per_method_counters_equal_the_workload(server: EchoServer, sidecar: Pro
     # A gRPC error is an error at the HTTP level too: FAILED_PRECONDITION 4xx, CANCELLED 4xx, DEADLINE 5xx.
     assert counter(values, "grpc.it.downstream_rq_4xx") == 2
     assert counter(values, "grpc.it.downstream_rq_5xx") == 1
-    assert counter(values, f"cluster.upstream.grpc.{SERVICE}.Sleep.local") == 1  # the proxy's deadline
-    assert counter(values, "http2.it.deadline_exceeded") == 1
+    # The deadline: the proxy's answer (10 ms ahead of the client's timer) or the client's own reset, whichever
+    # came first, is DEADLINE_EXCEEDED either way; which one won is timing, so it is not asserted here.
+    assert counter(values, f"cluster.upstream.grpc.{SERVICE}.Sleep.4") == 1
