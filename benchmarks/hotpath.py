@@ -74,6 +74,7 @@ def main() -> None:
         print(f"{name:42s} {_per_op_us(fn):7.2f} us")
     _http1_stages()
     _dynamo_session_stages()
+    _grpc_stages()
 
 
 def _http1_stages() -> None:
@@ -156,6 +157,121 @@ def _dynamo_session_stages() -> None:
     for label, filters in (("no filters", []), ("stats filter", [{"type": "stats"}])):
         cost = asyncio.run(measure(filters))
         print(f"{'dynamo: whole GetItem via session, ' + label:42s} {cost:7.2f} us")
+
+
+
+def _grpc_stages() -> None:
+    """gRPC through ``GrpcSession`` and the upstream pool, with h2 peers in memory on both sides: the proxy's
+    CPU per unary call and per streamed message (a DATA frame on an open stream), plus h2's own costs."""
+    import asyncio
+    import time as _time
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from meshproxy.cluster import Cluster
+    from meshproxy.config import grpc_sidecar_config
+    from meshproxy.transport.grpc_session import GrpcSession
+    from meshproxy.transport.h2_upstream import H2UpstreamConnection
+    from meshproxy.transport.listener import ListenerRuntime
+
+    request_headers = [
+        (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/bench.Svc/Unary"), (b":authority", b"bench"),
+        (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+    ]  # fmt: skip
+    message = b"\x00\x00\x00\x00\x0a0123456789"
+
+    class Pipe(_NullTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.chunks: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.chunks.append(data)
+
+        def take(self) -> bytes:
+            data = b"".join(self.chunks)
+            self.chunks.clear()
+            return data
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    def peer(client: bool) -> h2.connection.H2Connection:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=client, header_encoding=None))
+        conn.initiate_connection()
+        return conn
+
+    async def measure(filters: list[dict[str, object]]) -> tuple[float, float]:
+        store = StatsStore()
+        config = grpc_sidecar_config(
+            listen=("127.0.0.1", 0), upstream=("127.0.0.1", 1), admin=None, stat_prefix="bench", filters=filters
+        )
+        cluster = Cluster.from_config(config.clusters[0], store)
+        listener = ListenerRuntime(config.listeners[0], cluster, store)
+        await listener.start()
+        pool = listener.grpc_pool
+        assert pool is not None
+        down, up_pipe = Pipe(), Pipe()
+        session = GrpcSession(listener, 1)
+        session.connection_made(down)  # type: ignore[arg-type]
+        upstream = H2UpstreamConnection(pool, cluster.hosts[0])
+        upstream.connection_made(up_pipe)  # type: ignore[arg-type]
+        pool.connections.append(upstream)
+        client, server = peer(True), peer(False)
+        spent = [0]
+
+        def through(feed: Callable[[bytes], None], data: bytes) -> None:
+            if data:
+                start = _time.perf_counter_ns()
+                feed(data)
+                pool.flusher.run()
+                spent[0] += _time.perf_counter_ns() - start
+
+        def turn(answer: bool) -> int:
+            through(session.data_received, client.data_to_send())
+            for event in server.receive_data(up_pipe.take()):
+                if isinstance(event, h2.events.DataReceived):
+                    server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if isinstance(event, h2.events.StreamEnded) and answer:
+                    server.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+                    server.send_data(event.stream_id, message)
+                    server.send_headers(event.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+            through(upstream.data_received, server.data_to_send())
+            ended = 0
+            for event in client.receive_data(down.take()):
+                if isinstance(event, h2.events.DataReceived):
+                    client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                ended += isinstance(event, h2.events.StreamEnded)
+            return ended
+
+        turn(True)
+        calls = 2000
+        spent[0] = 0
+        for _ in range(calls):
+            stream = client.get_next_available_stream_id()
+            client.send_headers(stream, request_headers)
+            client.send_data(stream, message, end_stream=True)
+            while not turn(True):
+                pass
+        per_call = spent[0] / calls / 1000
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, request_headers)
+        turn(False)
+        messages = 5000
+        spent[0] = 0
+        for _ in range(messages):
+            client.send_data(stream, message)
+            turn(False)
+        per_message = spent[0] / messages / 1000
+        listener.stop_accepting()
+        return per_call, per_message
+
+    for label, filters in (("no filters", []), ("stats filter", [{"type": "stats"}])):
+        per_call, per_message = asyncio.run(measure(filters))
+        print(f"{'grpc: unary call via session+pool, ' + label:42s} {per_call:7.2f} us")
+        print(f"{'grpc: streamed message (DATA), ' + label:42s} {per_message:7.2f} us")
 
 
 if __name__ == "__main__":
