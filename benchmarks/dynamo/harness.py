@@ -139,7 +139,7 @@ def run_benchmark(
     try:
         import meshproxy
 
-        meta["versions"]["meshproxy"] = getattr(meshproxy, "__version__", "?")
+        meta["versions"]["meshproxy"] = f"meshproxy {getattr(meshproxy, '__version__', '?')}"
     except ImportError:
         pass
     _log(
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(summaries, args.connections, meta)
     print(LEGEND)
     print(LEGEND_DYNAMO)
-    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    versions = ", ".join(v for v in meta["versions"].values() if v)
     print(f"{meta['date']}; {meta['machine']}; Python {meta['python']}; {versions}")
     if args.markdown:
         print(markdown_tables(per_op, args.connections))

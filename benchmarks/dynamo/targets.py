@@ -55,7 +55,7 @@ def nginx_version() -> str:
     if binary is None:
         return ""
     out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
-    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ").replace("/", " ")
 
 
 def haproxy_version() -> str:
@@ -63,7 +63,7 @@ def haproxy_version() -> str:
     if binary is None:
         return ""
     out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stdout
-    return out.splitlines()[0].split(" - ")[0] if out else ""
+    return out.splitlines()[0].split(" - ")[0].replace(" version ", " ") if out else ""
 
 
 _NGINX_COMMON = """\

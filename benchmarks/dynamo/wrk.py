@@ -45,7 +45,7 @@ def wrk_version() -> str:
         return ""
     out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
     text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0].split(" Copyright")[0] if text else ""
+    return text[0].split(" Copyright")[0].replace("wrk debian/", "wrk ").strip() if text else ""
 
 
 def _lua_string(text: str) -> str:
