@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.grpc.harness import main
+
+sys.exit(main())

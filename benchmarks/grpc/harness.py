@@ -1,0 +1,574 @@
+"""``python -m benchmarks.grpc``: direct vs meshproxy vs nginx ``grpc_pass`` vs HAProxy ``proto h2``.
+
+Workloads, each against every target, on one HTTP/2 connection:
+
+- ``unary-1`` / ``unary-32``: small unary calls (``/bench.Echo/Unary``: 11-byte request, 9-byte reply,
+  prefixes included) from h2load at 1 and 32 concurrent streams (``-c 1 -m 1`` / ``-m 32``);
+- ``stream``: client-streaming calls of 5,000 messages of 16 bytes, one DATA frame per message
+  (``benchmarks.grpc.stream_load``), reported as messages/s.
+
+The backend (``benchmarks.grpc.backend``, canned frames) and the load run on the load CPU; the proxy alone
+on the proxy CPU. Each run: a warmup h2load (``-D warmup``) whose rate sizes the measured run, then a
+measured run of exactly ``rate x duration`` calls (``-n``), so the proxy's counters can be checked exactly:
+after each meshproxy run ``/stats`` is scraped and the calls it counted (``grpc.<prefix>.downstream_rq_total``,
+and the method's ``success``) must equal the calls h2load completed; for the stream workload the method's
+``request_message_count`` must equal the messages sent. A mismatch marks the run failed.
+
+Rounds interleave the targets (order rotated by one per round); the tables show medians and the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cpu import CpuAccounting
+from benchmarks.grpc import wire
+from benchmarks.grpc.targets import MeshProxy, Target, all_targets, scrape_stats, stop, sum_matching, tool
+from benchmarks.targets import LOCALHOST, REPO_ROOT, Running, pinned, read_listening_line, stop_process
+
+DEFAULT_DURATION_S = 3.0
+DEFAULT_WARMUP_S = 0.5
+DEFAULT_ROUNDS = 3
+WORKLOADS = ("unary-1", "unary-32", "stream")
+UNARY_PATH = "/bench.Echo/Unary"
+STREAM_MESSAGES, STREAM_PAYLOAD = 5000, 16
+CONTENDED_FOREIGN_PCT = 10.0
+REFERENCES = ("nginx-grpc", "haproxy-h2")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(slots=True)
+class Run:
+    round: int
+    target: str
+    workload: str
+    rate: float | None = None  # calls/s (unary) or messages/s (stream)
+    mean_us: float | None = None
+    max_us: float | None = None
+    sent: int | None = None  # calls (unary) or messages (stream) the load side completed
+    counted: int | None = None  # what meshproxy's /stats says it saw
+    note: str = ""
+    error: str | None = None
+    started: bool = True
+    proxy_cpu_pct: float | None = None
+    load_cpu_pct: float | None = None
+    contended: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# -- load ---------------------------------------------------------------------------------------------
+
+
+def _h2load(port: int, streams: int, body: Path, cpu: int | None, *, seconds: float = 0, calls: int = 0) -> dict:
+    binary = tool("h2load")
+    assert binary is not None
+    cmd = [binary, f"http://{LOCALHOST}:{port}{UNARY_PATH}", "-d", str(body), "-c", "1", "-t", "1", "-m", str(streams)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    cmd += ["-D", f"{seconds:g}"] if seconds else ["-n", str(calls)]
+    timeout = (seconds or 60) + 60
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=pinned(cpu), check=False)
+    return _parse_h2load(done.stdout + done.stderr, done.returncode)
+
+
+def _parse_h2load(text: str, returncode: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"returncode": returncode}
+    if m := re.search(r"finished in ([\d.]+[mu]?s), ([\d.]+) req/s", text):
+        out["seconds"], out["rate"] = _us(m[1]) / 1e6, float(m[2])
+    if m := re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+    ):
+        keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+        out.update(zip(keys, (int(v) for v in m.groups()), strict=True))
+    if m := re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text):
+        out["2xx"], out["3xx"], out["4xx"], out["5xx"] = (int(v) for v in m.groups())
+    if m := re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text):
+        out["min_us"], out["max_us"], out["mean_us"] = (_us(v) for v in m.groups())
+    if "rate" not in out:
+        out["error"] = f"h2load failed ({returncode}): {text.strip()[-200:]}"
+    return out
+
+
+def _us(text: str) -> float:
+    for unit, scale in (("us", 1.0), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text)
+
+
+def _stream_load(port: int, args: argparse.Namespace, cpu: int | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.grpc.stream_load", "--host", LOCALHOST, "--port", str(port)]
+    cmd += ["--messages", str(args.stream_messages), "--payload", str(STREAM_PAYLOAD)]
+    cmd += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+    done = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=args.duration + args.warmup + 60,
+        preexec_fn=pinned(cpu),
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        tail = done.stderr.strip().splitlines()
+        return {"errors": [f"stream load failed ({done.returncode}): {tail[-1] if tail else 'no output'}"]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+# -- one run --------------------------------------------------------------------------------------------
+
+
+def _counters(running: Running, target: Target, method: str) -> tuple[dict[str, int | None], str | None]:
+    if running.admin_url is None:
+        return {}, "no admin endpoint"
+    stats, why = scrape_stats(running.admin_url)
+    if why:
+        return {}, why
+    scope = rf"\.grpc\.bench\.Echo\.{method}\."
+    return {
+        "calls": sum_matching(stats, r"^grpc\.bench\.downstream_rq_total$"),
+        "success": sum_matching(stats, rf"^cluster\..*{scope}success$"),
+        "messages": sum_matching(stats, rf"^cluster\..*{scope}request_message_count$"),
+        "upstream_rq": sum_matching(stats, r"^cluster\.[^.]+\.upstream_rq_total$"),
+    }, None
+
+
+def _delta(after: dict[str, int | None], before: dict[str, int | None], key: str) -> int | None:
+    a, b = after.get(key), before.get(key)
+    return None if a is None else a - (b or 0)
+
+
+def run_one(target: Target, running: Running, workload: str, place: _Place, args: argparse.Namespace, rnd: int) -> Run:
+    run = Run(rnd, target.name, workload)
+    is_mesh = isinstance(target, MeshProxy)
+    method = "Stream" if workload == "stream" else "Unary"
+    if workload.startswith("unary"):
+        streams = int(workload.split("-")[1])
+        if args.warmup > 0:
+            warm = _h2load(running.port, streams, place.body, place.load_cpu, seconds=args.warmup)
+            rate = warm.get("rate") or 0.0
+        else:
+            rate = 0.0
+        # A cold warmup underestimates (the proxy dials upstream meanwhile): size by the best rate seen so far.
+        hints: dict[tuple[str, str], float] = args.rate_hints
+        rate = max(rate, hints.get((target.name, workload), 0.0))
+        calls = max(200, int(rate * args.duration)) if rate else max(200, int(2000 * args.duration))
+        time.sleep(0.2)  # warmup calls cut off at its end are reset; let the proxy account for them first
+    before: dict[str, int | None] = {}
+    if is_mesh:
+        before, _ = _counters(running, target, method)
+    accounting = CpuAccounting(
+        place.proxy_cpu, place.load_cpu, running.process.pid if running.process else None, place.backend_pid
+    )
+    if workload.startswith("unary"):
+        result = _h2load(running.port, streams, place.body, place.load_cpu, calls=calls)
+        run.detail = result
+        if "error" in result:
+            run.error = result["error"]
+        else:
+            run.rate, run.mean_us, run.max_us = result["rate"], result.get("mean_us"), result.get("max_us")
+            run.sent = result.get("succeeded")
+            bad = {k: result.get(k, 0) for k in ("failed", "errored", "timeout", "3xx", "4xx", "5xx")}
+            if any(bad.values()) or result.get("done") != calls:
+                run.error = f"h2load: {result.get('done')} of {calls} done; " + ", ".join(
+                    f"{v} {k}" for k, v in bad.items() if v
+                )
+    else:
+        result = _stream_load(running.port, args, place.load_cpu)
+        run.detail = result
+        run.rate = result.get("messages_per_s")
+        run.sent = result.get("messages")
+        if result.get("errors"):
+            run.error = "; ".join(result["errors"])[:300]
+        elif run.rate is None:
+            run.error = "no call completed inside the window (calls too long for --duration?)"
+    window = accounting.finish()
+    run.proxy_cpu_pct, run.load_cpu_pct = window.proxy_busy_pct, window.load_busy_pct
+    run.detail["foreign_cpu_pct"] = (window.proxy_foreign_pct, window.load_foreign_pct)
+    # Without a proxy process (direct) nothing of ours runs on the proxy core: only the load core matters.
+    shares = (window.proxy_foreign_pct, window.load_foreign_pct) if running.process else (window.load_foreign_pct,)
+    run.contended = any(f is not None and f > CONTENDED_FOREIGN_PCT for f in shares)
+    if run.rate and workload.startswith("unary"):
+        key = (target.name, workload)
+        args.rate_hints[key] = max(args.rate_hints.get(key, 0.0), run.rate)
+    if gone := running.exited():
+        run.error = f"{target.name} {gone}"
+    if is_mesh:
+        _check_counts(run, running, target, method, before)
+    return run
+
+
+def _check_counts(run: Run, running: Running, target: Target, method: str, before: dict[str, int | None]) -> None:
+    time.sleep(0.05)
+    after, why = _counters(running, target, method)
+    if why:
+        run.note = why
+        return
+    assert isinstance(target, MeshProxy)
+    detail = run.detail
+    if run.workload == "stream":
+        calls, messages = detail.get("calls"), detail.get("messages")
+        up = _delta(after, before, "upstream_rq")
+        if target.filters:
+            counted_calls, ok = _delta(after, before, "calls"), _delta(after, before, "success")
+            run.counted = _delta(after, before, "messages")
+            run.note = f"counted {run.counted:,} of {messages:,} messages, {counted_calls} calls ({ok} ok) of {calls}"
+            if run.counted != messages or counted_calls != calls or ok != detail.get("calls_ok"):
+                run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+        else:
+            run.counted = up
+            run.note = f"{up} upstream streams for {calls} calls"
+            if up != calls:
+                run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+        return
+    done = detail.get("done")
+    up = _delta(after, before, "upstream_rq")
+    if target.filters:
+        run.counted, ok = _delta(after, before, "calls"), _delta(after, before, "success")
+        run.note = f"counted {run.counted:,} calls ({ok:,} grpc-status 0) of {done:,} done"
+        if run.counted != done or ok != done:
+            run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+    else:
+        run.counted = up
+        run.note = f"{up:,} upstream streams for {done:,} calls"
+        if up != done:
+            run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    backend_pid: int
+    proxy_cpu: int | None
+    load_cpu: int | None
+    body: Path
+
+
+# -- rounds -------------------------------------------------------------------------------------------
+
+
+def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None, str]:
+    if args.no_pin or not hasattr(os, "sched_getaffinity"):
+        return None, None, "no pinning"
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2 and (args.proxy_cpu is None or args.load_cpu is None):
+        return None, None, f"no pinning (only {len(allowed)} CPU available)"
+    proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else allowed[0]
+    load_cpu = args.load_cpu if args.load_cpu is not None else allowed[1]
+    return proxy_cpu, load_cpu, f"proxy on CPU {proxy_cpu}; load + backend on CPU {load_cpu}"
+
+
+def run_benchmark(args: argparse.Namespace, targets: list[Target], workloads: list[str]) -> list[Run]:
+    proxy_cpu, load_cpu, _ = _cpus(args)
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.grpc.backend", "--host", LOCALHOST, "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        preexec_fn=pinned(load_cpu),
+    )
+    body = Path(args.workdir) / "unary-request.bin"
+    body.write_bytes(wire.REQUEST_MESSAGE)
+    runs: list[Run] = []
+    try:
+        backend_port = read_listening_line(backend)
+        place = _Place(backend.pid, proxy_cpu, load_cpu, body)
+        for rnd in range(1, args.rounds + 1):
+            shift = (rnd - 1) % len(targets) if targets else 0
+            for target in targets[shift:] + targets[:shift]:
+                order = workloads if rnd % 2 else list(reversed(workloads))
+                runs.extend(_run_target(target, backend_port, place, order, args, rnd))
+    finally:
+        stop_process(backend)
+    return runs
+
+
+def _run_target(
+    target: Target, backend_port: int, place: _Place, workloads: list[str], args: argparse.Namespace, rnd: int
+) -> list[Run]:
+    try:
+        running = target.start(backend_port, place.proxy_cpu)
+    except Exception as exc:  # any start failure is a row, not a crash
+        _log(f"[round {rnd}] {target.name}: not available (did not start: {exc})")
+        return [Run(rnd, target.name, w, error=f"did not start: {exc}", started=False) for w in workloads]
+    runs: list[Run] = []
+    try:
+        for workload in workloads:
+            try:
+                run = run_one(target, running, workload, place, args, rnd)
+            except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
+                run = Run(rnd, target.name, workload, error=f"{type(exc).__name__}: {exc}")
+            runs.append(run)
+            _log(_progress(run))
+            if running.exited():
+                break
+    finally:
+        stop(running)
+        if running.workdir is not None:
+            running.workdir.cleanup()
+    return runs
+
+
+def _progress(run: Run) -> str:
+    unit = "msg/s" if run.workload == "stream" else "calls/s"
+    head = f"[round {run.round}] {run.target:<20} {run.workload:<9}"
+    if run.rate is None:
+        return f"{head} FAILED {run.error}"
+    text = f"{head} {run.rate:>12,.0f} {unit}"
+    if run.mean_us is not None:
+        text += f"  mean {run.mean_us:8.1f} us  max {run.max_us or 0:8.1f} us"
+    if run.proxy_cpu_pct is not None:
+        text += f"  cpu proxy/load {run.proxy_cpu_pct:.0f}%/{run.load_cpu_pct or 0:.0f}%"
+    if run.contended:
+        proxy, load = run.detail.get("foreign_cpu_pct", (None, None))
+        text += f"  CONTENDED (others took {proxy or 0:.0f}%/{load or 0:.0f}%)"
+    if run.note:
+        text += f"  ({run.note})"
+    if run.error:
+        text += f"  ERROR {run.error}"
+    return text
+
+
+# -- summary ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Summary:
+    target: str
+    workload: str
+    runs: int = 0
+    rate: float | None = None
+    rate_min: float | None = None
+    rate_max: float | None = None
+    mean_us: float | None = None
+    proxy_cpu_pct: float | None = None
+    load_cpu_pct: float | None = None
+    vs: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(
+    runs: list[Run],
+    targets: list[Target],
+    skipped: dict[str, str],
+    workloads: list[str],
+    workload_skipped: dict[str, str],
+) -> list[Summary]:
+    out: list[Summary] = []
+    for workload in workloads:
+        rows: dict[str, Summary] = {}
+        for target in targets:
+            s = Summary(target.name, workload)
+            rows[target.name] = s
+            if target.name in skipped:
+                s.notes.append(f"skipped: {skipped[target.name]}")
+                continue
+            if workload in workload_skipped:
+                s.notes.append(f"skipped: {workload_skipped[workload]}")
+                continue
+            mine = [r for r in runs if r.target == target.name and r.workload == workload]
+            good = [r for r in mine if r.rate is not None and not r.error]
+            clean = [r for r in good if not r.contended] or good
+            if len(clean) < len(good):
+                s.notes.append(f"{len(good) - len(clean)} contended run(s) left out")
+            if clean:
+                rates = [r.rate for r in clean if r.rate is not None]
+                s.runs, s.rate = len(rates), statistics.median(rates)
+                s.rate_min, s.rate_max = min(rates), max(rates)
+                means = [r.mean_us for r in clean if r.mean_us is not None]
+                s.mean_us = statistics.median(means) if means else None
+                cpu = [(r.proxy_cpu_pct, r.load_cpu_pct) for r in clean if r.proxy_cpu_pct is not None]
+                if cpu:
+                    s.proxy_cpu_pct = statistics.median(c[0] for c in cpu if c[0] is not None)
+                    s.load_cpu_pct = statistics.median(c[1] or 0.0 for c in cpu)
+            failed = [r for r in mine if r.error]
+            if failed:
+                s.notes.append(f"{len(failed)} of {len(mine)} run(s) FAILED: {failed[-1].error}"[:240])
+            notes = [r.note for r in mine if r.note]
+            if notes:
+                s.notes.append(notes[-1])
+        for s in rows.values():
+            for ref in REFERENCES:
+                r = rows.get(ref)
+                if r is not None and r.rate and s.rate is not None:
+                    s.vs[ref] = 100.0 * s.rate / r.rate
+            out.append(s)
+    return out
+
+
+HEADERS = ["target", "rate", "mean us", "vs nginx", "vs haproxy", "cpu proxy/load", "spread", "notes"]
+
+
+def _cells(s: Summary) -> list[str]:
+    spread = "-"
+    if s.rate_min is not None and s.rate_max is not None and s.runs > 1:
+        spread = f"{s.rate_min / 1000:,.1f}k..{s.rate_max / 1000:,.1f}k"
+    cpu = "-" if s.proxy_cpu_pct is None else f"{s.proxy_cpu_pct:.0f}%/{s.load_cpu_pct or 0:.0f}%"
+    return [
+        s.target,
+        "-" if s.rate is None else f"{s.rate:,.0f}",
+        "-" if s.mean_us is None else f"{s.mean_us:,.1f}",
+        f"{s.vs['nginx-grpc']:.1f}%" if "nginx-grpc" in s.vs else "-",
+        f"{s.vs['haproxy-h2']:.1f}%" if "haproxy-h2" in s.vs else "-",
+        cpu,
+        spread,
+        "; ".join(s.notes),
+    ]
+
+
+TITLES = {
+    "unary-1": "unary, 1 stream on 1 connection (h2load -c 1 -m 1): calls/s",
+    "unary-32": "unary, 32 concurrent streams on 1 connection (h2load -c 1 -m 32): calls/s",
+    "stream": f"client streaming, one DATA frame per {STREAM_PAYLOAD}-byte message: messages/s",
+}
+
+
+def print_tables(summaries: list[Summary], workloads: list[str], meta: dict[str, Any]) -> None:
+    caption = f"median of {meta['rounds']} interleaved round(s), {meta['duration_s']}s each; {meta['pinning']}"
+    for workload in workloads:
+        rows = [_cells(s) for s in summaries if s.workload == workload]
+        print(f"\n{TITLES[workload]}\n({caption})")
+        widths = [max(len(HEADERS[i]), *(len(r[i]) for r in rows)) for i in range(len(HEADERS))]
+        print("| " + " | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)) + " |")
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in rows:
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+LEGEND = """\
+rate: calls/s for unary (h2load, calls that got :status 200), messages/s for streaming (calls that ended with
+grpc-status 0). mean us: h2load's mean time per call. cpu proxy/load: busy share of the proxy core and of the
+load core (load generator + backend). direct is the ceiling of the load core, not a proxy result."""
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def _install_tools(names: list[str]) -> None:
+    packages = {"h2load": "nghttp2-client", "nginx": "nginx-light", "haproxy": "haproxy"}
+    wanted = [packages[n] for n in names if tool(n) is None]
+    if not wanted:
+        return
+    cmd = ["apt-get", "install", "-y", *wanted]
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            _log("cannot install tools: not root and no sudo")
+            return
+        cmd = ["sudo", "-n", *cmd]
+    _log(f"installing: {' '.join(cmd)}")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        _log(f"apt-get failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    known = list(all_targets())
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="unmeasured seconds before each run")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
+    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of: {', '.join(WORKLOADS)}")
+    parser.add_argument("--stream-messages", type=int, default=STREAM_MESSAGES, help="messages per streaming call")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
+    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
+    parser.add_argument(
+        "--install-tools",
+        action="store_true",
+        help="apt-get install h2load (nghttp2-client), nginx-light, haproxy when missing",
+    )
+    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
+    parser.add_argument("--load-cpu", type=int, default=None, help="CPU for load + backend (default: second)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
+        args.stream_messages = min(args.stream_messages, 1000)
+    known = all_targets()
+    wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [n for n in wanted if n not in known] + [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        _log(f"unknown target(s)/workload(s): {', '.join(unknown)}")
+        return 2
+    if args.install_tools:
+        _install_tools(["h2load", "nginx", "haproxy"])
+    selected = [known[n] for n in wanted]
+    skipped = {t.name: why for t in selected if (why := t.unavailable()) is not None}
+    for name, why in skipped.items():
+        _log(f"{name}: skipped ({why})")
+    workload_skipped = {}
+    if tool("h2load") is None:
+        for w in workloads:
+            if w.startswith("unary"):
+                workload_skipped[w] = "h2load not installed (apt-get install nghttp2-client, or --install-tools)"
+    runnable_workloads = [w for w in workloads if w not in workload_skipped]
+    runnable = [t for t in selected if t.name not in skipped]
+    _, _, pinning = _cpus(args)
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": platform.python_version(),
+        "pinning": pinning,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "stream_messages_per_call": args.stream_messages,
+        "versions": {t.name: v for t in selected if t.name not in skipped and (v := t.describe_version())},
+    }
+    if (h2load := tool("h2load")) is not None:
+        meta["versions"]["h2load"] = subprocess.run(
+            [h2load, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    _log(
+        f"gRPC benchmark: {pinning}; {args.rounds} round(s) x {len(runnable)} target(s) x "
+        f"{len(runnable_workloads)} workload(s), {args.warmup}s warmup + {args.duration}s each"
+    )
+    _log("versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
+    started = time.monotonic()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-grpc-") as workdir:
+        args.workdir = workdir
+        args.rate_hints = {}
+        runs = run_benchmark(args, runnable, runnable_workloads) if runnable and runnable_workloads else []
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    summaries = summarize(runs, selected, skipped, workloads, workload_skipped)
+    print(f"\ngRPC benchmark, {meta['date']}; {meta['machine']}; Python {meta['python']}")
+    print("versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
+    print_tables(summaries, workloads, meta)
+    print()
+    print(LEGEND)
+    _log(f"done in {meta['elapsed_s']}s")
+    if args.json:
+        payload = {
+            "meta": meta,
+            "skipped": skipped,
+            "summary": [asdict(s) for s in summaries],
+            "runs": [asdict(r) for r in runs],
+        }
+        with open(args.json, "w") as out:
+            json.dump(payload, out, indent=2)
+        _log(f"wrote {args.json}")
+    return 1 if any(r.error and r.started for r in runs) else 0
