@@ -448,7 +448,14 @@ class GrpcSession(Relay):
         self.retry_budget = listener.grpc_retry_budget
         self.retry_stats = listener.grpc_retry_stats
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                # Forwarded headers were validated when h2 received them; the proxy's own are well formed.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.calls: dict[int, _ProxiedCall] = {}
         self.splitter = GoawaySplitter(expect_preface=True)

@@ -104,7 +104,14 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.host = host
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False)
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                # Forwarded headers were validated when h2 received them; the proxy's own are well formed.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, UpstreamStream] = {}
