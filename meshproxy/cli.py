@@ -34,6 +34,7 @@ from meshproxy.config import (
     parse_duration,
     parse_size,
 )
+from meshproxy.transport.tls import check_tls
 
 log = logging.getLogger("meshproxy")
 
@@ -249,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = _sidecar_config(args) if args.command == "sidecar" else load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshproxy: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        check_tls(config)
     except ConfigError as exc:
         print(f"meshproxy: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -293,10 +293,66 @@ def _default_grpc_filters() -> list[GrpcFilterConfig]:
 # -- listeners, clusters, admin -------------------------------------------------------------------------
 
 
+def _readable_file(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {_kind(value)}")
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{value!r}: no such file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{value!r}: cannot read: {exc.strerror or exc}") from None
+    return value
+
+
+ReadableFile = Annotated[str, BeforeValidator(_readable_file)]
+
+
+class TlsServerConfig(_Model):
+    """TLS termination on a listener: the proxy presents ``cert_file`` to its clients."""
+
+    cert_file: ReadableFile
+    """PEM certificate chain (leaf first)."""
+    key_file: ReadableFile
+    client_ca_file: ReadableFile | None = None
+    """Verify client certificates against these CAs (mutual TLS); a client without a valid one is refused."""
+    alpn: list[str] | None = None
+    """ALPN protocols offered; default by listener protocol: ``grpc`` h2, ``dynamo`` http/1.1, ``auto`` both,
+    none for ``mongo`` and ``tcp``."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class TlsClientConfig(_Model):
+    """TLS origination towards a cluster's hosts."""
+
+    sni: str | None = None
+    """Server name sent and verified; default: the host part of each host's address."""
+    ca_file: ReadableFile | None = None
+    """CAs that sign the servers' certificates; default: the system's."""
+    verify: bool = True
+    """Verify the server certificate and its name (turning it off is for tests only)."""
+    cert_file: ReadableFile | None = None
+    """Client certificate for mutual TLS (with ``key_file``)."""
+    key_file: ReadableFile | None = None
+    alpn: list[str] | None = None
+    """ALPN protocols offered; gRPC clusters always offer h2."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsClientConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("'cert_file' and 'key_file' go together (mutual TLS needs both)")
+        return self
+
+
 class _ListenerBase(_Model):
     name: str
     address: Address
     cluster: str
+    tls: TlsServerConfig | None = None
+    """Terminate TLS on this listener."""
     stat_prefix: str | None = None
     """Stats scope (``mongo.<stat_prefix>.*``, ``dynamodb.<stat_prefix>.*``); defaults to the listener's name."""
     on_decode_error: Literal["close", "passthrough"] = "close"
@@ -406,6 +462,8 @@ class ClusterConfig(_Model):
     name: str
     hosts: list[Address] = Field(min_length=1)
     connect_timeout: Duration = 5.0
+    tls: TlsClientConfig | None = None
+    """Connect to the hosts over TLS."""
 
 
 class AdminConfig(_Model):

@@ -7,10 +7,12 @@ sessions only ever ask ``pick()`` for a host and report connection outcomes to i
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
-from meshproxy.config import ClusterConfig
+from meshproxy.config import ClusterConfig, TlsClientConfig
 from meshproxy.stats import Counter, Gauge, StatsStore
+from meshproxy.transport.tls import client_context
 
 
 @dataclass(slots=True)
@@ -83,6 +85,9 @@ class Cluster:
     stats: ClusterStats
     store: StatsStore = field(default_factory=StatsStore, repr=False)
     """Where the cluster's stats live, for modules that add their own (the HTTP/2 pool, gRPC stats)."""
+    tls: TlsClientConfig | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
     _next: int = field(default=0, repr=False)
 
     @classmethod
@@ -124,7 +129,19 @@ class Cluster:
             connect_timeout=config.connect_timeout,
             stats=_cluster_stats(stats, config.name),
             store=stats,
+            tls=config.tls,
+            ssl_context=(
+                None
+                if config.tls is None
+                else client_context(config.tls, alpn=None, where=f"clusters[{config.name}].tls")
+            ),
         )
+
+    def server_hostname(self, host: Host) -> str | None:
+        """The name TLS sends and verifies for ``host`` (``tls.sni``, else the host part of its address)."""
+        if self.tls is None:
+            return None
+        return self.tls.sni or host.address[0]
 
     def pick(self) -> Host:
         """The next host in turn, preferring healthy ones (all of them when none is healthy)."""

@@ -31,6 +31,7 @@ import h2.settings
 
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http2 import GoawaySplitter, goaway_frame
+from meshproxy.transport.tls import client_context
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster, Host
@@ -288,6 +289,11 @@ class H2UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self.flusher = Flusher(self.loop)
         self.max_header_list_size = max_header_list_size
+        self.ssl_context = (
+            None
+            if cluster.tls is None
+            else client_context(cluster.tls, alpn=["h2"], where=f"clusters[{cluster.name}].tls")
+        )
         self.connections: list[H2UpstreamConnection] = []
         self.connecting: list[H2UpstreamConnection] = []
         self.waiting: deque[tuple[UpstreamStream, Headers, bool]] = deque()
@@ -331,7 +337,17 @@ class H2UpstreamPool:
         cluster, host = self.cluster, connection.host
         try:
             async with asyncio.timeout(cluster.connect_timeout):
-                await self.loop.create_connection(lambda: connection, host.address[0], host.address[1])
+                transport, _ = await self.loop.create_connection(
+                    lambda: connection,
+                    host.address[0],
+                    host.address[1],
+                    ssl=self.ssl_context,
+                    server_hostname=cluster.server_hostname(host),
+                )
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+                transport.close()
+                raise OSError(f"the server did not agree to HTTP/2 by ALPN ({ssl_object.selected_alpn_protocol()!r})")
         except (OSError, TimeoutError) as error:
             self.connecting.remove(connection)
             if isinstance(error, TimeoutError):

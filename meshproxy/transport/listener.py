@@ -26,6 +26,7 @@ from meshproxy.transport.grpc_session import GrpcSession
 from meshproxy.transport.h2_upstream import H2UpstreamPool
 from meshproxy.transport.mongo_session import MongoSession
 from meshproxy.transport.relay import Relay
+from meshproxy.transport.tls import server_context
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -164,6 +165,11 @@ class ListenerRuntime:
         self.name = config.name
         self.cluster = cluster
         self.protocol_clusters = protocol_clusters or {}
+        self.ssl_context = (
+            None
+            if config.tls is None
+            else server_context(config.tls, protocol=config.protocol, where=f"listeners[{config.name}].tls")
+        )
         """Per protocol (``mongo``, ``dynamo``, ``grpc``, ``tcp``), the cluster an ``auto`` listener sends it to."""
         self.idle_timeout = config.idle_timeout
         self.sessions: set[Relay] = set()
@@ -268,6 +274,7 @@ class ListenerRuntime:
             self._protocol_factory,
             host,
             port,
+            ssl=self.ssl_context,
             reuse_address=True,
             reuse_port=self.config.reuse_port or None,
             backlog=1024,

@@ -136,7 +136,11 @@ class Relay(asyncio.Protocol):
         try:
             async with asyncio.timeout(cluster.connect_timeout):
                 transport, _ = await self.loop.create_connection(
-                    self.upstream_protocol, host.address[0], host.address[1]
+                    self.upstream_protocol,
+                    host.address[0],
+                    host.address[1],
+                    ssl=cluster.ssl_context,
+                    server_hostname=cluster.server_hostname(host),
                 )
         except TimeoutError:
             cluster.stats.upstream_cx_connect_timeout.inc()
