@@ -412,7 +412,9 @@ async def test_drain_lets_the_request_in_flight_finish_and_tells_the_client_to_g
     async with Proxy(_config(moto[1], filters=[{"type": "stats"}, delay])) as proxy:
         client = await Client.connect(proxy.listener_address("ddb"))
         client.send(GET_ITEM)
-        await asyncio.sleep(0.05)  # the request is held by the delay now
+        async with asyncio.timeout(10):  # until the request is held by the delay
+            while not any(session.busy for session in proxy.listeners["ddb"].sessions):  # noqa: ASYNC110 - no event to await: the proxy's state is polled
+                await asyncio.sleep(0.01)
         drain = asyncio.create_task(proxy.drain(timeout=5))
         response = await client.response()
         await drain

@@ -54,7 +54,7 @@ async def test_drain_lets_the_open_call_finish_and_sends_goaway() -> None:
             address = proxy.listener_address("g")
             with EchoClient(address) as client:
                 slow = asyncio.create_task(asyncio.to_thread(client.sleep, b"400", timeout=10))
-                await asyncio.sleep(0.15)  # the call is open at the server
+                assert await asyncio.to_thread(server.service.sleeping.wait, 10)  # the call is open at the server
                 reader, writer = await asyncio.open_connection(*address)  # a second, idle client
                 writer.write(PREFACE + SettingsFrame(0).serialize())
                 await proxy.drain(timeout=5)
@@ -72,7 +72,7 @@ async def test_a_server_goaway_lets_open_calls_finish_then_new_calls_fail_unavai
             with EchoClient(proxy.listener_address("g")) as client:
                 assert await asyncio.to_thread(client.unary, b"warm", timeout=5) == b"echo:warm"
                 slow = asyncio.create_task(asyncio.to_thread(client.sleep, b"300", timeout=10))
-                await asyncio.sleep(0.1)
+                assert await asyncio.to_thread(server.service.sleeping.wait, 10)  # the call is open at the server
                 stopping = server.server.stop(grace=5)  # GOAWAY, open calls may finish
                 assert await slow == b"awake"
                 await asyncio.to_thread(stopping.wait, 5)

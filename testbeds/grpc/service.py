@@ -45,6 +45,8 @@ class EchoService:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.sleeping = threading.Event()
+        """Set while a ``Sleep`` call is in progress at the server."""
         self.attempts: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -61,7 +63,11 @@ class EchoService:
         raise AssertionError("abort raises")
 
     def sleep(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        time.sleep(int(request) / 1000)
+        self.sleeping.set()
+        try:
+            time.sleep(int(request) / 1000)
+        finally:
+            self.sleeping.clear()
         return b"awake"
 
     def flaky(self, request: bytes, context: grpc.ServicerContext) -> bytes:
