@@ -49,7 +49,7 @@ from meshproxy.codecs.grpc import (
     parse_timeout,
     status_from_trailers,
 )
-from meshproxy.codecs.http2 import GoawaySplitter, goaway_frame
+from meshproxy.codecs.http2 import FastData, FrameRouter, end_stream_frame, goaway_frame, window_update_frame
 from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
 from meshproxy.transport.relay import Relay
 
@@ -90,9 +90,9 @@ class _ProxiedCall:
 
     __slots__ = (
         "call", "client_ended", "client_window_waiting", "deadline_handle", "delay_handle", "done",
-        "end_sent_upstream", "held_headers", "replay", "replay_bytes", "request_counter", "response_counter",
-        "response_started", "retries", "retry_handle", "session", "stream_id", "to_client", "to_upstream",
-        "trailers", "up_id", "upstream",
+        "end_sent_upstream", "held_headers", "queued_upstream", "replay", "replay_bytes", "request_counter",
+        "response_counter", "response_started", "retries", "retry_handle", "session", "stream_id", "to_client",
+        "to_upstream", "trailers", "up_id", "upstream",
     )
 
     def __init__(self, session: GrpcSession, call: GrpcCall) -> None:
@@ -102,7 +102,10 @@ class _ProxiedCall:
         self.upstream: H2UpstreamConnection | None = None
         self.up_id = 0
         self.to_upstream: deque[tuple[bytes, int]] = deque()
-        """Request DATA not yet handed upstream, with the flow-controlled length to acknowledge after."""
+        """Request DATA not yet handed upstream, with the flow-controlled length to acknowledge after (negative:
+        fast-path bytes, acknowledged by the session's own WINDOW_UPDATE)."""
+        self.queued_upstream = 0
+        """Bytes in ``to_upstream``."""
         self.to_client: deque[tuple[bytes, int]] = deque()
         self.trailers: Headers | None = None
         """Trailers waiting behind response DATA the client's window does not take yet."""
@@ -141,9 +144,10 @@ class _ProxiedCall:
                 self.replay = None
         if data or flow_len:
             self.to_upstream.append((data, flow_len))
+            self.queued_upstream += len(data)
         if end:
             self.client_ended = True
-        self.pump_upstream()
+        self.session.pump_later(self)
 
     def pump_upstream(self) -> None:
         upstream = self.upstream
@@ -152,20 +156,37 @@ class _ProxiedCall:
         h2c = upstream.h2
         session = self.session
         queue = self.to_upstream
+        acknowledged = acknowledged_fast = 0
         while queue:
-            data, flow_len = queue[0]
-            if data:
-                window = min(h2c.local_flow_control_window(self.up_id), h2c.max_outbound_frame_size)
-                if window <= 0:
+            # Consecutive small payloads go out as one DATA frame: the messages are a byte stream within
+            # the stream, and one h2 send_data costs as much as the rest of the proxy's work per message.
+            window = min(h2c.local_flow_control_window(self.up_id), h2c.max_outbound_frame_size)
+            batch: list[bytes] = []
+            size = 0
+            while queue:
+                data, flow_len = queue[0]
+                if size + len(data) > window:
+                    if not batch and window > 0:  # a payload larger than the window: send what fits
+                        batch.append(data[:window])
+                        queue[0] = (data[window:], flow_len)
+                        size = window
                     break
-                if len(data) > window:
-                    h2c.send_data(self.up_id, data[:window])
-                    queue[0] = (data[window:], flow_len)
-                    continue
-                h2c.send_data(self.up_id, data)
-            queue.popleft()
-            if flow_len:
-                session.acknowledge(self.stream_id, flow_len)
+                batch.append(data)
+                size += len(data)
+                queue.popleft()
+                if flow_len > 0:
+                    acknowledged += flow_len
+                elif flow_len < 0:
+                    acknowledged_fast -= flow_len
+            if size:
+                h2c.send_data(self.up_id, batch[0] if len(batch) == 1 else b"".join(batch))
+                self.queued_upstream -= size
+            elif queue:
+                break  # no window: wait for WINDOW_UPDATE
+        if acknowledged:
+            session.acknowledge(self.stream_id, acknowledged)
+        if acknowledged_fast:
+            session.acknowledge_fast(self.stream_id, acknowledged_fast)
         if not queue and self.client_ended and not self.end_sent_upstream:
             self.end_sent_upstream = True
             h2c.end_stream(self.up_id)
@@ -353,6 +374,7 @@ class _ProxiedCall:
             return
         replay = self.replay or []
         self.to_upstream = deque((data, 0) for data in replay)  # acknowledged to the client already
+        self.queued_upstream = sum(len(data) for data in replay)
         self.end_sent_upstream = False
         headers = [(n, v) for n, v in self.call.request_headers if n not in _CONNECTION_SPECIFIC]
         self.session.pool.open_stream(self, headers, end_stream=self.client_ended and not self.to_upstream)
@@ -417,11 +439,14 @@ class _ProxiedCall:
         upstream = self.upstream
         if upstream is not None:
             upstream.forget(self.up_id)
-        for pending_data, flow_len in self.to_upstream:
-            if flow_len:
+        for _, flow_len in self.to_upstream:
+            if flow_len > 0:
                 self.session.acknowledge(self.stream_id, flow_len)
-            del pending_data
+            elif flow_len < 0:
+                self.session.acknowledge_fast(self.stream_id, -flow_len)
         self.to_upstream.clear()
+        self.queued_upstream = 0
+        self.session.forget_fast(self.stream_id)
         self.session.call_finished(self)
 
 
@@ -458,7 +483,14 @@ class GrpcSession(Relay):
             )
         )
         self.calls: dict[int, _ProxiedCall] = {}
-        self.splitter = GoawaySplitter(expect_preface=True)
+        self.router = FrameRouter(expect_preface=True, fast=self.calls)
+        """DATA of a stream in ``calls`` bypasses h2 (see ``meshproxy.codecs.http2``): this session then sends the
+        WINDOW_UPDATE frames for those bytes itself (``acknowledge_fast``)."""
+        self._fast_unacked: dict[int, int] = {}
+        self._fast_unacked_connection = 0
+        self._to_pump: dict[int, _ProxiedCall] = {}
+        self._own_frames: list[bytes] = []
+        """Frames the session writes past h2 (WINDOW_UPDATE for fast-path DATA), after h2's pending bytes."""
         self._draining = False
         self._goaway_sent = False
         self._eof_sent = False
@@ -491,6 +523,9 @@ class GrpcSession(Relay):
         if self.closed:
             return
         data = self.h2.data_to_send()
+        if self._own_frames:
+            data += b"".join(self._own_frames)
+            self._own_frames.clear()
         if data:
             transport = self.down_transport
             transport.write(data)
@@ -530,20 +565,81 @@ class GrpcSession(Relay):
             return
         self.mark()
 
+    def acknowledge_fast(self, stream_id: int, size: int) -> None:
+        """Re-open the client's windows for fast-path bytes now forwarded, a quarter window at a time."""
+        pending = self._fast_unacked.get(stream_id, 0) + size
+        if pending >= STREAM_WINDOW // 4 and stream_id in self.calls:
+            self._own_frames.append(window_update_frame(stream_id, pending))
+            pending = 0
+        self._fast_unacked[stream_id] = pending
+        connection = self._fast_unacked_connection + size
+        if connection >= CONNECTION_WINDOW // 4:
+            self._own_frames.append(window_update_frame(0, connection))
+            connection = 0
+        self._fast_unacked_connection = connection
+        self.mark()
+
+    def pump_later(self, proxied: _ProxiedCall) -> None:
+        """Forward ``proxied``'s request DATA once this read is processed, all of it together."""
+        self._to_pump[proxied.stream_id] = proxied
+
+    def _pump_all(self) -> None:
+        to_pump, self._to_pump = self._to_pump, {}
+        for proxied in to_pump.values():
+            proxied.pump_upstream()
+
+    def forget_fast(self, stream_id: int) -> None:
+        """The stream is over: its own window no longer matters (the connection's still does)."""
+        self._fast_unacked.pop(stream_id, None)
+
     # -- events from the client -----------------------------------------------------------------------
 
     def on_downstream_data(self, data: bytes) -> None:
         try:
-            data, goaways = self.splitter.feed(data)
-            events = self.h2.receive_data(data) if data else []
-        except h2.exceptions.ProtocolError as error:
-            self._protocol_error(error)
-            return
+            items = self.router.feed(data)
         except DecodeError as error:
             self._protocol_error(h2.exceptions.ProtocolError(str(error)))
             return
-        if goaways:
-            self._draining = True  # the client will open no more streams; the open ones finish
+        for item in items:
+            if type(item) is FastData:
+                self._fast_data(item)
+            elif type(item) is bytes:
+                try:
+                    events = self.h2.receive_data(item)
+                except h2.exceptions.ProtocolError as error:
+                    self._protocol_error(error)
+                    return
+                self._events(events)
+            else:
+                self._draining = True  # a GOAWAY: the client will open no more streams; the open ones finish
+            if self.closed:
+                return
+        self._pump_all()
+        self.mark()
+        self._maybe_close()
+
+    def _fast_data(self, item: FastData) -> None:
+        proxied = self.calls.get(item.stream_id)
+        size = len(item.data)
+        if proxied is None or proxied.done or proxied.client_ended:
+            if size:
+                self.acknowledge_fast(item.stream_id, size)  # a stream already over: only the connection's
+        else:
+            if proxied.queued_upstream + size > 2 * STREAM_WINDOW:
+                # More than the window this proxy granted: the client ignores flow control.
+                self._protocol_error(h2.exceptions.FlowControlError("DATA beyond the stream's flow-control window"))
+                return
+            if size:
+                proxied.client_data(item.data, -size, False)
+        if item.end_stream:
+            try:
+                events = self.h2.receive_data(end_stream_frame(item.stream_id))
+            except h2.exceptions.ProtocolError as error:
+                self._protocol_error(error)
+                return
+            self._events(events)
+
+    def _events(self, events: list[h2.events.Event]) -> None:
         calls = self.calls
         for event in events:
             kind = type(event)
@@ -581,8 +677,6 @@ class GrpcSession(Relay):
                 self._draining = True  # the client will open no more streams
             if self.closed:
                 return
-        self.mark()
-        self._maybe_close()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
