@@ -3,8 +3,8 @@
 h2 treats a GOAWAY, sent or received, as the end of the connection: its state machine moves to CLOSED and
 refuses every later frame, although RFC 9113 6.8 lets the streams at or below the GOAWAY's last stream id
 run to completion — which is what graceful shutdown is for (a draining proxy, a server restarting). So the
-proxy takes GOAWAY frames out of each inbound stream before h2 sees it (``GoawaySplitter``), handles them
-itself, and writes its own GOAWAY frames (``goaway_frame``) without telling h2.
+proxy takes GOAWAY frames out of each inbound stream before h2 sees it, handles them
+itself (``FrameRouter``), and writes its own GOAWAY frames (``goaway_frame``) without telling h2.
 
 The router reads only frame headers: everything else passes through as the same bytes, in the same order,
 to h2, which still checks every frame it is given.
@@ -64,6 +64,39 @@ def end_stream_frame(stream_id: int) -> bytes:
 
 def window_update_frame(stream_id: int, increment: int) -> bytes:
     return b"\x00\x00\x04" + bytes((WINDOW_UPDATE, 0)) + struct.pack(">II", stream_id & 0x7FFFFFFF, increment)
+
+
+class FastWindows:
+    """The WINDOW_UPDATE frames owed for fast-path DATA: what the peer sent, once forwarded, re-opens its
+    windows, a quarter window at a time (fewer, larger updates, as h2 does for what it sees)."""
+
+    __slots__ = ("_connection", "_streams", "connection_window", "stream_window")
+
+    def __init__(self, *, stream_window: int, connection_window: int) -> None:
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self._streams: dict[int, int] = {}
+        self._connection = 0
+
+    def forwarded(self, stream_id: int, size: int, *, stream_open: bool = True) -> list[bytes]:
+        """``size`` fast-path bytes of ``stream_id`` were forwarded: the frames to send now, if any."""
+        frames: list[bytes] = []
+        if stream_open:
+            pending = self._streams.get(stream_id, 0) + size
+            if pending >= self.stream_window // 4:
+                frames.append(window_update_frame(stream_id, pending))
+                pending = 0
+            self._streams[stream_id] = pending
+        connection = self._connection + size
+        if connection >= self.connection_window // 4:
+            frames.append(window_update_frame(0, connection))
+            connection = 0
+        self._connection = connection
+        return frames
+
+    def forget(self, stream_id: int) -> None:
+        """The stream is over: its own window no longer matters (the connection's still does)."""
+        self._streams.pop(stream_id, None)
 
 
 def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
@@ -158,18 +191,3 @@ class FrameRouter:
         if h2_start < pos:
             items.append(data[h2_start:pos] if h2_start or pos < size else data)
         return items
-
-
-class GoawaySplitter:
-    """``feed(data) -> (bytes for h2, [Goaway])``: a ``FrameRouter`` with no fast streams, in one piece."""
-
-    __slots__ = ("_router",)
-
-    def __init__(self, *, expect_preface: bool) -> None:
-        self._router = FrameRouter(expect_preface=expect_preface)
-
-    def feed(self, data: bytes) -> tuple[bytes, list[Goaway]]:
-        items = self._router.feed(data)
-        goaways = [item for item in items if isinstance(item, Goaway)]
-        chunks = [item for item in items if isinstance(item, bytes)]
-        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), goaways

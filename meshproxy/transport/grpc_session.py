@@ -49,7 +49,7 @@ from meshproxy.codecs.grpc import (
     parse_timeout,
     status_from_trailers,
 )
-from meshproxy.codecs.http2 import FastData, FrameRouter, end_stream_frame, goaway_frame, window_update_frame
+from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, end_stream_frame, goaway_frame
 from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
 from meshproxy.transport.relay import Relay
 
@@ -238,7 +238,7 @@ class _ProxiedCall:
     def upstream_data(self, data: bytes, flow_len: int, end_stream: bool) -> None:
         if self.done:
             if self.upstream is not None:
-                self.upstream.h2.acknowledge_received_data(flow_len, self.up_id)
+                self.upstream.acknowledge(self.up_id, max(flow_len, 0), max(-flow_len, 0))
             return
         if self.held_headers is not None or self.replay is not None:
             self._release_headers()
@@ -248,7 +248,9 @@ class _ProxiedCall:
         self.to_client.append((data, flow_len))
         if end_stream:
             self.trailers = []  # END_STREAM on DATA without trailers: not gRPC, but end the stream alike
-        self.pump_client()
+            self.pump_client()
+        else:
+            self.session.pool.pump_client_later(self)
 
     def upstream_trailers(self, headers: Headers) -> None:
         if self.done:
@@ -267,28 +269,42 @@ class _ProxiedCall:
         h2c = session.h2
         queue = self.to_client
         upstream = self.upstream
-        while queue:
-            data, flow_len = queue[0]
-            if data:
+        acknowledged = acknowledged_fast = 0
+        try:
+            while queue:
+                # Consecutive payloads go to the client as one DATA frame (see pump_upstream).
                 try:
                     window = min(h2c.local_flow_control_window(self.stream_id), h2c.max_outbound_frame_size)
                 except h2.exceptions.StreamClosedError:
                     queue.clear()
                     return
-                if window <= 0:
+                batch: list[bytes] = []
+                size = 0
+                while queue:
+                    data, flow_len = queue[0]
+                    if size + len(data) > window:
+                        if not batch and window > 0:
+                            batch.append(data[:window])
+                            queue[0] = (data[window:], flow_len)
+                            size = window
+                        break
+                    batch.append(data)
+                    size += len(data)
+                    queue.popleft()
+                    if flow_len > 0:
+                        acknowledged += flow_len
+                    elif flow_len < 0:
+                        acknowledged_fast -= flow_len
+                if size:
+                    h2c.send_data(self.stream_id, batch[0] if len(batch) == 1 else b"".join(batch))
+                elif queue:
                     if not self.client_window_waiting:
                         self.client_window_waiting = True
                         session.http2.flow_control_wait.inc()
                     return
-                if len(data) > window:
-                    h2c.send_data(self.stream_id, data[:window])
-                    queue[0] = (data[window:], flow_len)
-                    continue
-                h2c.send_data(self.stream_id, data)
-            queue.popleft()
-            if flow_len and upstream is not None:
-                upstream.h2.acknowledge_received_data(flow_len, self.up_id)
-                upstream.mark()
+        finally:
+            if upstream is not None and (acknowledged or acknowledged_fast):
+                upstream.acknowledge(self.up_id, acknowledged, acknowledged_fast)
         self.client_window_waiting = False
         session.mark()
         trailers = self.trailers
@@ -486,8 +502,7 @@ class GrpcSession(Relay):
         self.router = FrameRouter(expect_preface=True, fast=self.calls)
         """DATA of a stream in ``calls`` bypasses h2 (see ``meshproxy.codecs.http2``): this session then sends the
         WINDOW_UPDATE frames for those bytes itself (``acknowledge_fast``)."""
-        self._fast_unacked: dict[int, int] = {}
-        self._fast_unacked_connection = 0
+        self.fast_windows = FastWindows(stream_window=STREAM_WINDOW, connection_window=CONNECTION_WINDOW)
         self._to_pump: dict[int, _ProxiedCall] = {}
         self._own_frames: list[bytes] = []
         """Frames the session writes past h2 (WINDOW_UPDATE for fast-path DATA), after h2's pending bytes."""
@@ -566,18 +581,11 @@ class GrpcSession(Relay):
         self.mark()
 
     def acknowledge_fast(self, stream_id: int, size: int) -> None:
-        """Re-open the client's windows for fast-path bytes now forwarded, a quarter window at a time."""
-        pending = self._fast_unacked.get(stream_id, 0) + size
-        if pending >= STREAM_WINDOW // 4 and stream_id in self.calls:
-            self._own_frames.append(window_update_frame(stream_id, pending))
-            pending = 0
-        self._fast_unacked[stream_id] = pending
-        connection = self._fast_unacked_connection + size
-        if connection >= CONNECTION_WINDOW // 4:
-            self._own_frames.append(window_update_frame(0, connection))
-            connection = 0
-        self._fast_unacked_connection = connection
-        self.mark()
+        """Re-open the client's windows for fast-path bytes now forwarded."""
+        frames = self.fast_windows.forwarded(stream_id, size, stream_open=stream_id in self.calls)
+        if frames:
+            self._own_frames += frames
+            self.mark()
 
     def pump_later(self, proxied: _ProxiedCall) -> None:
         """Forward ``proxied``'s request DATA once this read is processed, all of it together."""
@@ -589,8 +597,7 @@ class GrpcSession(Relay):
             proxied.pump_upstream()
 
     def forget_fast(self, stream_id: int) -> None:
-        """The stream is over: its own window no longer matters (the connection's still does)."""
-        self._fast_unacked.pop(stream_id, None)
+        self.fast_windows.forget(stream_id)
 
     # -- events from the client -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h2.config
 import h2.connection
@@ -30,7 +30,7 @@ import h2.exceptions
 import h2.settings
 
 from meshproxy.codecs.errors import DecodeError
-from meshproxy.codecs.http2 import GoawaySplitter, goaway_frame
+from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, Goaway, end_stream_frame, goaway_frame
 from meshproxy.transport.tls import client_context
 
 if TYPE_CHECKING:
@@ -119,7 +119,11 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.goaway = False
         self.closed = False
         self.max_streams = MAX_STREAMS_PER_CONNECTION
-        self.splitter = GoawaySplitter(expect_preface=False)
+        self.fast_streams: set[int] = set()
+        """Streams whose response headers are in: their DATA bypasses h2 (``meshproxy.codecs.http2``)."""
+        self.router = FrameRouter(expect_preface=False, fast=self.fast_streams)
+        self.fast_windows = FastWindows(stream_window=UPSTREAM_WINDOW, connection_window=16 * UPSTREAM_WINDOW)
+        self.own_frames: list[bytes] = []
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -165,14 +169,29 @@ class H2UpstreamConnection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         data = self.h2.data_to_send()
+        if self.own_frames:
+            data += b"".join(self.own_frames)
+            self.own_frames.clear()
         if data:
             self.pool.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
             transport.write(data)
 
     def forget(self, stream_id: int) -> None:
         """The call is done with ``stream_id`` (ended, or reset by the proxy)."""
+        self.fast_streams.discard(stream_id)
+        self.fast_windows.forget(stream_id)
         if self.streams.pop(stream_id, None) is not None:
             self.pool.stream_finished(self)
+
+    def acknowledge(self, stream_id: int, size: int, fast_size: int) -> None:
+        """Response bytes forwarded to the client: re-open the server's windows (h2's bytes through h2, fast-path
+        bytes with this connection's own WINDOW_UPDATE frames)."""
+        if size:
+            with contextlib.suppress(h2.exceptions.H2Error):  # the stream may be over
+                self.h2.acknowledge_received_data(size, stream_id)
+        if fast_size:
+            self.own_frames += self.fast_windows.forwarded(stream_id, fast_size, stream_open=stream_id in self.streams)
+        self.mark()
 
     def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
         """Cancel ``stream_id`` towards the server (the client went away, a deadline passed)."""
@@ -186,8 +205,21 @@ class H2UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.pool.cluster.stats.upstream_cx_rx_bytes_total.value += len(data)
         try:
-            data, goaways = self.splitter.feed(data)
-            events = self.h2.receive_data(data) if data else []
+            for item in self.router.feed(data):
+                if type(item) is bytes:
+                    self._events(self.h2.receive_data(item))
+                elif type(item) is FastData:
+                    handler = self.streams.get(item.stream_id)
+                    if handler is None:
+                        self.acknowledge(item.stream_id, 0, len(item.data))
+                    elif item.data:
+                        handler.upstream_data(item.data, -len(item.data), False)
+                    if item.end_stream:
+                        self._events(self.h2.receive_data(end_stream_frame(item.stream_id)))
+                elif isinstance(item, Goaway):
+                    self._goaway(item.last_stream_id, item.error_code)
+                if self.closed:
+                    return
         except (h2.exceptions.ProtocolError, DecodeError) as error:
             log.warning("upstream %s: HTTP/2 protocol error (%s); closing", self.host.name, error)
             self.pool.stats_protocol_error.inc()
@@ -195,6 +227,10 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._fail_all("upstream HTTP/2 protocol error")
             self._close()
             return
+        self.pool.run_client_pumps()
+        self.mark()
+
+    def _events(self, events: list[h2.events.Event]) -> None:
         streams = self.streams
         for event in events:
             kind = type(event)
@@ -207,6 +243,8 @@ class H2UpstreamConnection(asyncio.Protocol):
             elif kind is h2.events.ResponseReceived:
                 handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
                 if handler is not None:
+                    if event.stream_ended is None:  # type: ignore[attr-defined]
+                        self.fast_streams.add(event.stream_id)  # type: ignore[attr-defined]
                     handler.upstream_headers(list(event.headers), event.stream_ended is not None)  # type: ignore[attr-defined]
             elif kind is h2.events.TrailersReceived:
                 handler = streams.get(event.stream_id)  # type: ignore[attr-defined]
@@ -231,9 +269,6 @@ class H2UpstreamConnection(asyncio.Protocol):
                     for handler in list(streams.values()):
                         handler.upstream_window_opened()
                 self.pool.connection_ready(self)
-        for goaway in goaways:
-            self._goaway(goaway.last_stream_id, goaway.error_code)
-        self.mark()
 
     def _goaway(self, last_stream_id: int, error_code: int | None) -> None:
         self.goaway = True
@@ -298,6 +333,7 @@ class H2UpstreamPool:
         self.connecting: list[H2UpstreamConnection] = []
         self.waiting: deque[tuple[UpstreamStream, Headers, bool]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._client_pumps: dict[int, Any] = {}
         stats = cluster.stats
         self.stats_rq_total = stats.upstream_rq_total
         store = cluster.store
@@ -321,6 +357,15 @@ class H2UpstreamPool:
         self.waiting.append((handler, headers, end_stream))
         if not self.connecting:
             self._dial()
+
+    def pump_client_later(self, handler: Any) -> None:
+        """Forward a call's response DATA once the current upstream read is processed, all of it together."""
+        self._client_pumps[id(handler)] = handler
+
+    def run_client_pumps(self) -> None:
+        pumps, self._client_pumps = self._client_pumps, {}
+        for handler in pumps.values():
+            handler.pump_client()
 
     def cancel_waiting(self, handler: UpstreamStream) -> None:
         self.waiting = deque(entry for entry in self.waiting if entry[0] is not handler)

@@ -8,7 +8,7 @@ import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
 from meshproxy.codecs.errors import DecodeError
-from meshproxy.codecs.http2 import PREFACE, GoawaySplitter, goaway_frame
+from meshproxy.codecs.http2 import PREFACE, FrameRouter, Goaway, goaway_frame
 
 OTHER_FRAMES = [
     SettingsFrame(0).serialize(),
@@ -25,12 +25,15 @@ def test_goaways_are_taken_out_and_everything_else_passes_unchanged(step: int) -
         + GoAwayFrame(0, last_stream_id=7, error_code=2, additional_data=b"bye").serialize()
         + b"".join(OTHER_FRAMES[1:]) + goaway_frame(9)
     )  # fmt: skip
-    splitter = GoawaySplitter(expect_preface=True)
+    router = FrameRouter(expect_preface=True)
     passed, goaways = b"", []
     for start in range(0, len(stream), step):
-        data, found = splitter.feed(stream[start : start + step])
-        passed += data
-        goaways += found
+        for item in router.feed(stream[start : start + step]):
+            if isinstance(item, Goaway):
+                goaways.append(item)
+            else:
+                assert isinstance(item, bytes)
+                passed += item
     assert passed == PREFACE + b"".join(OTHER_FRAMES)
     assert [(g.last_stream_id, g.error_code, g.debug_data) for g in goaways] == [(7, 2, b"bye"), (9, 0, b"")]
 
@@ -43,7 +46,7 @@ def test_our_goaway_frame_is_what_hyperframe_reads() -> None:
 
 def test_a_goaway_of_impossible_size_is_refused_before_it_is_buffered() -> None:
     with pytest.raises(DecodeError):
-        GoawaySplitter(expect_preface=False).feed(b"\xff\xff\xff\x07\x00\x00\x00\x00\x00")
+        FrameRouter(expect_preface=False).feed(b"\xff\xff\xff\x07\x00\x00\x00\x00\x00")
 
 
 @pytest.mark.parametrize("step", [1, 4, 9, 10, 13, 100_000])
