@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshproxy.config import ClusterConfig, TlsClientConfig
 from meshproxy.stats import Counter, Gauge, StatsStore
@@ -88,6 +89,9 @@ class Cluster:
     tls: TlsClientConfig | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
+    h2_pool: Any = field(default=None, repr=False)
+    """The cluster's HTTP/2 connection pool (``meshproxy.transport.h2_upstream.H2UpstreamPool``), made by the
+    first gRPC listener that forwards to the cluster and shared by every other one."""
     _next: int = field(default=0, repr=False)
 
     @classmethod

@@ -289,7 +289,9 @@ class ListenerRuntime:
             )
         if self.grpc_config is not None:
             grpc_cluster = self.cluster_for("grpc")
-            self.grpc_pool = H2UpstreamPool(grpc_cluster)
+            if grpc_cluster.h2_pool is None:
+                grpc_cluster.h2_pool = H2UpstreamPool(grpc_cluster)
+            self.grpc_pool = grpc_cluster.h2_pool
             self.grpc_filters = build_grpc_filters(
                 list(self.grpc_config.filters),
                 stats=self._stats_store,

@@ -92,3 +92,28 @@ def test_per_method_counters_equal_the_workload(server: EchoServer, sidecar: Pro
     # The deadline: the proxy's answer (10 ms ahead of the client's timer) or the client's own reset, whichever
     # came first, is DEADLINE_EXCEEDED either way; which one won is timing, so it is not asserted here.
     assert counter(values, f"cluster.upstream.grpc.{SERVICE}.Sleep.4") == 1
+
+
+def test_two_grpc_listeners_of_one_cluster_share_its_upstream_connection(server: EchoServer) -> None:
+    """Calls from different listeners (and so different client connections) are streams of the cluster's one
+    HTTP/2 connection, as in Envoy's per-cluster pool."""
+    from meshproxy.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "admin": None,
+            "listeners": [
+                {"name": name, "address": "127.0.0.1:0", "protocol": "grpc", "cluster": "echo"} for name in ("a", "b")
+            ],
+            "clusters": [{"name": "echo", "hosts": [["127.0.0.1", server.port]]}],
+        }
+    )
+    with ProxyThread(config) as proxy:
+        from testbeds.grpc.service import EchoClient
+
+        for name in ("a", "b"):
+            with EchoClient(proxy.listener_address(name)) as client:
+                assert client.unary(name.encode(), timeout=10) == b"echo:" + name.encode()
+        values = proxy.stats.values()
+    assert values["cluster.echo.upstream_cx_total"] == 1
+    assert values[f"cluster.echo.grpc.{SERVICE}.Unary.total"] == 2
