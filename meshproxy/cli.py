@@ -23,16 +23,13 @@ from meshproxy.config import (
     DynamoStatsFilterConfig,
     GrpcStatsFilterConfig,
     MeshConfig,
-    MongoFilterConfig,
     StatsFilterConfig,
     TopologyRewriteFilterConfig,
-    dynamo_sidecar_config,
-    grpc_sidecar_config,
     load_config,
-    mongo_sidecar_config,
     parse_address,
     parse_duration,
     parse_size,
+    sidecar_config,
 )
 from meshproxy.transport.tls import check_tls
 
@@ -163,7 +160,12 @@ def _add_common_sidecar_arguments(
     """The flags every ``sidecar`` protocol takes, spelled and defaulted the same way."""
     command.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT", help="where clients connect")
     command.add_argument(
-        "--upstream", required=True, type=_address, metavar="HOST:PORT", help=f"{server} to forward to"
+        "--upstream", required=True, type=_address, action="append", metavar="HOST:PORT",
+        help=f"{server} to forward to; give it several times for a cluster of hosts",
+    )
+    command.add_argument(
+        "--lb", choices=["round_robin", "least_request", "random", "ring_hash", "maglev"], default="round_robin",
+        help="how a host of several --upstream is picked for each upstream connection (default round_robin)",
     )
     command.add_argument(
         "--admin", type=_admin_address, default=("127.0.0.1", 9901), metavar="HOST:PORT|off",
@@ -193,7 +195,7 @@ def _add_common_sidecar_arguments(
 
 
 def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
-    if args.listen == args.upstream:
+    if args.listen in args.upstream:
         raise ConfigError("--listen and --upstream are the same address: the sidecar would connect to itself")
     if args.admin is not None and args.admin == args.listen and args.listen[1] != 0:
         raise ConfigError("--listen and --admin are the same address: each needs its own port")
@@ -203,35 +205,32 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
     if args.idle_timeout is not None:
         options["idle_timeout"] = args.idle_timeout
     access_log = [AccessLogFilterConfig(path=args.access_log)] if args.access_log else []
+    filters: list[Any]
     if args.protocol == "grpc":
         if args.max_concurrent_streams is not None:
             options["max_concurrent_streams"] = args.max_concurrent_streams
-        grpc_filters = [] if args.no_filters else [GrpcStatsFilterConfig(), *access_log]
-        config = grpc_sidecar_config(
-            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
-            filters=grpc_filters, **options,
-        )
+        filters = [GrpcStatsFilterConfig(), *access_log]
     elif args.protocol == "dynamo":
         options["invalid_requests"] = args.invalid_requests
         if args.upstream_timeout is not None:
             options["upstream_timeout"] = args.upstream_timeout
         if args.max_body_size is not None:
             options["max_body_size"] = args.max_body_size
-        dynamo_filters = [] if args.no_filters else [DynamoStatsFilterConfig(), *access_log]
-        config = dynamo_sidecar_config(
-            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
-            filters=dynamo_filters, **options,
-        )
+        filters = [DynamoStatsFilterConfig(), *access_log]
     else:
-        filters: list[MongoFilterConfig] = []
-        if not args.no_filters:
-            filters = [StatsFilterConfig(), *access_log, TopologyRewriteFilterConfig(mode=args.topology)]
         if args.max_message_size is not None:
             options["max_message_size"] = args.max_message_size
-        config = mongo_sidecar_config(
-            listen=args.listen, upstream=args.upstream, admin=args.admin, stat_prefix=args.stat_prefix,
-            filters=filters, **options,
-        )
+        filters = [StatsFilterConfig(), *access_log, TopologyRewriteFilterConfig(mode=args.topology)]
+    config = sidecar_config(
+        args.protocol,
+        listen=args.listen,
+        upstream=args.upstream,
+        admin=args.admin,
+        stat_prefix=args.stat_prefix,
+        filters=[] if args.no_filters else filters,
+        lb_policy=args.lb,
+        **options,
+    )
     if args.drain_timeout is not None:
         config = config.model_copy(update={"drain_timeout": args.drain_timeout})
     return config

@@ -464,6 +464,10 @@ class ClusterConfig(_Model):
     connect_timeout: Duration = 5.0
     tls: TlsClientConfig | None = None
     """Connect to the hosts over TLS."""
+    lb_policy: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
+    """How a host is picked for each new upstream connection (``meshproxy.lb``; see docs/clusters.md)."""
+    panic_threshold: float = Field(50.0, ge=0, le=100)
+    """Below this share of healthy hosts (percent), balance over all hosts, as Envoy does."""
 
 
 class AdminConfig(_Model):
@@ -822,94 +826,62 @@ def load_config(path: str | Path) -> MeshConfig:
     return _validate(data, str(path), marks)
 
 
-def mongo_sidecar_config(
-    *,
-    listen: tuple[str, int],
-    upstream: tuple[str, int],
-    admin: tuple[str, int] | None = ("127.0.0.1", 9901),
-    stat_prefix: str = "mongo",
-    filters: list[MongoFilterConfig] | None = None,
-    **listener_options: Any,
-) -> MeshConfig:
-    """The configuration ``meshproxy sidecar mongo`` runs: one listener in front of one upstream."""
-    listener: dict[str, Any] = {
-        "name": stat_prefix,
-        "address": listen,
-        "protocol": "mongo",
-        "cluster": "upstream",
-        "stat_prefix": stat_prefix,
-        **listener_options,
-    }
-    if filters is not None:
-        listener["filters"] = filters
-    return config_from_dict(
-        {
-            "admin": None if admin is None else {"address": admin},
-            "listeners": [listener],
-            "clusters": [{"name": "upstream", "hosts": [upstream]}],
-        },
-        source="<sidecar>",
-    )
+Upstream = tuple[str, int] | list[tuple[str, int]]
+"""One upstream address, or several (one cluster of those hosts)."""
 
 
-def dynamo_sidecar_config(
+def sidecar_config(
+    protocol: Literal["mongo", "dynamo", "grpc"],
     *,
     listen: tuple[str, int],
-    upstream: tuple[str, int],
+    upstream: Upstream,
     admin: tuple[str, int] | None = ("127.0.0.1", 9901),
-    stat_prefix: str = "dynamodb",
+    stat_prefix: str | None = None,
     filters: list[Any] | None = None,
+    lb_policy: str | None = None,
     **listener_options: Any,
 ) -> MeshConfig:
-    """The configuration ``meshproxy sidecar dynamo`` runs: one DynamoDB listener in front of one endpoint.
+    """What ``meshproxy sidecar <protocol>`` runs: one listener in front of one cluster named ``upstream``.
 
-    ``filters`` takes models or plain mappings (``{"type": "fault", "abort": {...}}``), as in a file.
+    ``filters`` takes models or plain mappings (``{"type": "fault", "abort": {...}}``), as in a file;
+    ``stat_prefix`` defaults to ``mongo``, ``dynamodb`` or ``grpc``; ``lb_policy`` picks the balancer when
+    there are several upstream hosts.
     """
+    prefix = stat_prefix or {"mongo": "mongo", "dynamo": "dynamodb", "grpc": "grpc"}[protocol]
     listener: dict[str, Any] = {
-        "name": stat_prefix,
+        "name": prefix,
         "address": listen,
-        "protocol": "dynamo",
+        "protocol": protocol,
         "cluster": "upstream",
-        "stat_prefix": stat_prefix,
+        "stat_prefix": prefix,
         **listener_options,
     }
     if filters is not None:
         listener["filters"] = [f.model_dump() if isinstance(f, BaseModel) else f for f in filters]
+    hosts = upstream if isinstance(upstream, list) else [upstream]
+    cluster: dict[str, Any] = {"name": "upstream", "hosts": hosts}
+    if lb_policy is not None:
+        cluster["lb_policy"] = lb_policy
     return config_from_dict(
         {
             "admin": None if admin is None else {"address": admin},
             "listeners": [listener],
-            "clusters": [{"name": "upstream", "hosts": [upstream]}],
+            "clusters": [cluster],
         },
         source="<sidecar>",
     )
 
 
-def grpc_sidecar_config(
-    *,
-    listen: tuple[str, int],
-    upstream: tuple[str, int],
-    admin: tuple[str, int] | None = ("127.0.0.1", 9901),
-    stat_prefix: str = "grpc",
-    filters: list[Any] | None = None,
-    **listener_options: Any,
-) -> MeshConfig:
-    """The configuration ``meshproxy sidecar grpc`` runs: one gRPC listener in front of one server."""
-    listener: dict[str, Any] = {
-        "name": stat_prefix,
-        "address": listen,
-        "protocol": "grpc",
-        "cluster": "upstream",
-        "stat_prefix": stat_prefix,
-        **listener_options,
-    }
-    if filters is not None:
-        listener["filters"] = [f.model_dump() if isinstance(f, BaseModel) else f for f in filters]
-    return config_from_dict(
-        {
-            "admin": None if admin is None else {"address": admin},
-            "listeners": [listener],
-            "clusters": [{"name": "upstream", "hosts": [upstream]}],
-        },
-        source="<sidecar>",
-    )
+def mongo_sidecar_config(*, stat_prefix: str = "mongo", **options: Any) -> MeshConfig:
+    """The configuration ``meshproxy sidecar mongo`` runs (see ``sidecar_config``)."""
+    return sidecar_config("mongo", stat_prefix=stat_prefix, **options)
+
+
+def dynamo_sidecar_config(*, stat_prefix: str = "dynamodb", **options: Any) -> MeshConfig:
+    """The configuration ``meshproxy sidecar dynamo`` runs (see ``sidecar_config``)."""
+    return sidecar_config("dynamo", stat_prefix=stat_prefix, **options)
+
+
+def grpc_sidecar_config(*, stat_prefix: str = "grpc", **options: Any) -> MeshConfig:
+    """The configuration ``meshproxy sidecar grpc`` runs (see ``sidecar_config``)."""
+    return sidecar_config("grpc", stat_prefix=stat_prefix, **options)

@@ -54,15 +54,15 @@ def free_port() -> int:
 
 SIDECAR_MONGO_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--topology", "--max-message-size",
-    "--on-decode-error", "--idle-timeout", "--drain-timeout", "--no-filters",
+    "--on-decode-error", "--idle-timeout", "--drain-timeout", "--no-filters", "--lb",
 ]  # fmt: skip
 SIDECAR_DYNAMO_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--on-decode-error", "--idle-timeout",
-    "--drain-timeout", "--no-filters", "--invalid-requests", "--upstream-timeout", "--max-body-size",
+    "--drain-timeout", "--no-filters", "--invalid-requests", "--upstream-timeout", "--max-body-size", "--lb",
 ]  # fmt: skip
 SIDECAR_GRPC_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--idle-timeout", "--drain-timeout",
-    "--no-filters", "--max-concurrent-streams",
+    "--no-filters", "--max-concurrent-streams", "--lb",
 ]  # fmt: skip
 SIDECAR_FLAGS = {"mongo": SIDECAR_MONGO_FLAGS, "dynamo": SIDECAR_DYNAMO_FLAGS, "grpc": SIDECAR_GRPC_FLAGS}
 

@@ -418,7 +418,8 @@ def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_
     path = tmp_path / "mesh.yaml"
     assert load_error(tmp_path, text).splitlines() == [
         f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
-        f"{path}:8:5: clusters[0].colour: unknown field 'colour' (known fields: name, hosts, connect_timeout, tls)",
+        f"{path}:8:5: clusters[0].colour: unknown field 'colour' "
+        "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold)",
         f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
     ]
 

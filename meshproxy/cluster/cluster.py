@@ -1,8 +1,8 @@
-"""A cluster: named upstream hosts and the stats Envoy keeps for them.
+"""A cluster: named upstream hosts, the balancer that picks among them, and the stats Envoy keeps for them.
 
-This is the minimal cluster the sidecar needs (one or a few hosts, picked in turn). Load balancing
-policies, health checking and outlier detection (issue 5) plug in here without changing the callers:
-sessions only ever ask ``pick()`` for a host and report connection outcomes to it.
+Sessions only ever ask ``pick()`` for a host; the policy (``lb_policy``: round robin, least request,
+random, ring hash, maglev, from ``meshproxy.lb``) and the health of each host decide which. Whoever changes a
+host's health (health checking, outlier detection) calls ``refresh()`` so the balancer sees it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshproxy.config import ClusterConfig, TlsClientConfig
+from meshproxy.lb import (
+    Balancer,
+    LeastRequestBalancer,
+    MaglevBalancer,
+    RandomBalancer,
+    RingHashBalancer,
+    RoundRobinBalancer,
+)
 from meshproxy.stats import Counter, Gauge, StatsStore
 from meshproxy.transport.tls import client_context
 
@@ -27,15 +35,21 @@ class HostStats:
 
 @dataclass(slots=True)
 class Host:
-    """One upstream endpoint."""
+    """One upstream endpoint (a ``meshproxy.lb.BalancedHost``)."""
 
     address: tuple[str, int]
     stats: HostStats
     healthy: bool = True
+    weight: int = 1
 
     @property
     def name(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
+
+    @property
+    def active_requests(self) -> int:
+        """Requests in flight to this host, as the sessions count them (``rq_active``)."""
+        return int(self.stats.rq_active.value)
 
 
 @dataclass(slots=True)
@@ -89,6 +103,8 @@ class Cluster:
     tls: TlsClientConfig | None = None
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
+    balancer: Balancer[Host] | None = field(default=None, repr=False)
+    """Built from ``lb_policy`` by ``from_config``; None: hosts in turn, healthy ones first."""
     h2_pool: Any = field(default=None, repr=False)
     """The cluster's HTTP/2 connection pool (``meshproxy.transport.h2_upstream.H2UpstreamPool``), made by the
     first gRPC listener that forwards to the cluster and shared by every other one."""
@@ -133,6 +149,7 @@ class Cluster:
             connect_timeout=config.connect_timeout,
             stats=_cluster_stats(stats, config.name),
             store=stats,
+            balancer=_balancer(config, hosts),
             tls=config.tls,
             ssl_context=(
                 None
@@ -147,9 +164,30 @@ class Cluster:
             return None
         return self.tls.sni or host.address[0]
 
-    def pick(self) -> Host:
-        """The next host in turn, preferring healthy ones (all of them when none is healthy)."""
+    def pick(self, key: bytes | None = None) -> Host:
+        """The host for the next connection or request (``key`` matters to ring hash and maglev)."""
+        if self.balancer is not None:
+            host = self.balancer.pick(key)
+            if host is not None:
+                return host
         candidates = [h for h in self.hosts if h.healthy] or self.hosts
         host = candidates[self._next % len(candidates)]
         self._next += 1
         return host
+
+    def refresh(self) -> None:
+        """Hosts' health or weight changed: rebuild the balancer's view."""
+        if self.balancer is not None:
+            self.balancer.update(self.hosts)
+
+
+def _balancer(config: ClusterConfig, hosts: list[Host]) -> Balancer[Host]:
+    threshold = config.panic_threshold / 100
+    policies: dict[str, type[Balancer[Host]]] = {
+        "round_robin": RoundRobinBalancer,
+        "least_request": LeastRequestBalancer,
+        "random": RandomBalancer,
+        "ring_hash": RingHashBalancer,
+        "maglev": MaglevBalancer,
+    }
+    return policies[config.lb_policy](hosts, panic_threshold=threshold)
