@@ -458,6 +458,27 @@ AnyListenerConfig = Annotated[
 """A listener of any protocol; ``protocol`` decides which model (and so which filters) applies."""
 
 
+class ClusterHealthCheckConfig(_Model):
+    """Active health checking of every host of a cluster (``meshproxy.cluster.health``; Envoy's knobs)."""
+
+    type: Literal["tcp", "http", "grpc", "mongo", "dynamodb"]
+    """``tcp`` connects (and optionally sends ``send`` and expects ``expect``); ``http`` GETs ``path``;
+    ``grpc`` calls ``grpc.health.v1.Health/Check`` for ``service``; ``mongo`` runs ``hello``; ``dynamodb``
+    sends an unsigned ``ListTables``."""
+    interval: Duration = 5.0
+    timeout: Duration = 1.0
+    jitter: Duration = 0.0
+    unhealthy_threshold: Annotated[int, Field(ge=1)] = 3
+    healthy_threshold: Annotated[int, Field(ge=1)] = 2
+    unhealthy_interval: Duration | None = None
+    path: str = "/"
+    expected_statuses: list[int] = [200]
+    service: str = ""
+    send: str = ""
+    expect: str = ""
+    event_log_path: str | None = None
+
+
 class ClusterConfig(_Model):
     name: str
     hosts: list[Address] = Field(min_length=1)
@@ -468,6 +489,8 @@ class ClusterConfig(_Model):
     """How a host is picked for each new upstream connection (``meshproxy.lb``; see docs/clusters.md)."""
     panic_threshold: float = Field(50.0, ge=0, le=100)
     """Below this share of healthy hosts (percent), balance over all hosts, as Envoy does."""
+    health_check: ClusterHealthCheckConfig | None = None
+    """Check every host actively; unhealthy hosts get no new connections (until the panic threshold)."""
 
 
 class AdminConfig(_Model):

@@ -24,6 +24,8 @@ from anyio.abc import TaskGroup
 
 from meshproxy.admin import AdminRequest, AdminResponse, AdminServer, AdminState, ClusterStatus, HostStatus, Route
 from meshproxy.cluster import Cluster
+from meshproxy.cluster.cluster import health_checker
+from meshproxy.cluster.health import HealthChecker
 from meshproxy.config import MeshConfig
 from meshproxy.filters.dynamo.stats import DynamoStatsFilter
 from meshproxy.stats import StatsStore
@@ -61,6 +63,7 @@ class Proxy:
             )
             for lc in config.listeners
         }
+        self.health_checkers: dict[str, HealthChecker] = {}
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
         self._task_group: TaskGroup | None = None
@@ -74,6 +77,11 @@ class Proxy:
         try:
             for listener in self.listeners.values():
                 await listener.start()
+            for cluster_config in self.config.clusters:
+                if cluster_config.health_check is not None:
+                    checker = health_checker(self.clusters[cluster_config.name], cluster_config.health_check)
+                    self.health_checkers[cluster_config.name] = checker
+                    self._task_group.start_soon(checker.run, name=f"health checks of {cluster_config.name}")
             if self.config.admin is not None:
                 self.admin = AdminServer(
                     self.stats,

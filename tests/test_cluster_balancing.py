@@ -82,3 +82,48 @@ async def test_connections_to_a_sidecar_of_three_upstreams_are_spread_over_them(
     for s in servers:
         s.close()
     assert sorted(answers) == [b"0", b"0", b"1", b"1", b"2", b"2"]
+
+
+async def test_active_health_checking_moves_connections_off_a_dead_host() -> None:
+    """Two upstreams, one of them not listening: the TCP health check marks it unhealthy, after which every
+    connection goes to the live one; the checks and the transition are counted."""
+    import socket
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"alive")
+        await writer.drain()
+        writer.close()
+
+    live = await asyncio.start_server(answer, "127.0.0.1", 0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    config = config_from_dict(
+        {
+            "admin": None,
+            "listeners": [{"name": "edge", "address": "127.0.0.1:0", "protocol": "tcp", "cluster": "two"}],
+            "clusters": [
+                {
+                    "name": "two",
+                    "hosts": [["127.0.0.1", dead_port], ["127.0.0.1", live.sockets[0].getsockname()[1]]],
+                    "health_check": {"type": "tcp", "interval": "50ms", "timeout": "200ms", "unhealthy_threshold": 1},
+                }
+            ],
+        }
+    )
+    async with Proxy(config) as proxy:
+        dead = proxy.clusters["two"].hosts[0]
+        async with asyncio.timeout(10):
+            while dead.healthy:  # noqa: ASYNC110 - no event to await: the checker's state is polled
+                await asyncio.sleep(0.02)
+        answers = []
+        for _ in range(6):
+            reader, writer = await asyncio.open_connection(*proxy.listener_address("edge"))
+            answers.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+        stats = proxy.stats.values()
+    live.close()
+    assert answers == [b"alive"] * 6
+    assert stats["cluster.two.health_check.healthy"] == 1
+    assert stats["cluster.two.health_check.network_failure"] >= 1
+    assert proxy.health_checkers["two"].events[-1].event == "eject_unhealthy"

@@ -22,6 +22,7 @@ from meshproxy.config import (
     AccessLogFilterConfig,
     AdminConfig,
     ClusterConfig,
+    ClusterHealthCheckConfig,
     ConfigError,
     DynamoAbortConfig,
     DynamoListenerConfig,
@@ -419,7 +420,8 @@ def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_
     assert load_error(tmp_path, text).splitlines() == [
         f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
         f"{path}:8:5: clusters[0].colour: unknown field 'colour' "
-        "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold)",
+        "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold, "
+        "health_check)",
         f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
     ]
 
@@ -521,7 +523,7 @@ def test_the_configuration_reference_has_a_table_row_for_every_field_of_every_mo
         FixedDelay, MongoAbort, MongoMatch, AccessLogFilterConfig, TopologyRewriteFilterConfig,
         DynamoListenerConfig, DynamoStatsFilterConfig, DynamoAbortConfig, DynamoMatchConfig,
         GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig, GrpcRetryConfig,
-        TlsServerConfig, TlsClientConfig,
+        TlsServerConfig, TlsClientConfig, ClusterHealthCheckConfig,
     ]  # fmt: skip
     missing = {f"{model}.{name}" for m in models for model, name in _fields(m) if name not in rows}
     assert not missing

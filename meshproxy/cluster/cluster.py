@@ -8,10 +8,22 @@ host's health (health checking, outlier detection) calls ``refresh()`` so the ba
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshproxy.config import ClusterConfig, TlsClientConfig
+from meshproxy.cluster.health import (
+    Checker,
+    HealthCheckConfig,
+    HealthChecker,
+    HealthCheckStats,
+    dynamodb_check,
+    grpc_check,
+    http_check,
+    mongo_check,
+    tcp_check,
+)
+from meshproxy.config import ClusterConfig, ClusterHealthCheckConfig, TlsClientConfig
 from meshproxy.lb import (
     Balancer,
     LeastRequestBalancer,
@@ -191,3 +203,30 @@ def _balancer(config: ClusterConfig, hosts: list[Host]) -> Balancer[Host]:
         "maglev": MaglevBalancer,
     }
     return policies[config.lb_policy](hosts, panic_threshold=threshold)
+
+
+def health_checker(cluster: Cluster, config: ClusterHealthCheckConfig) -> HealthChecker:
+    """The checker ``config`` describes, for every host of ``cluster``, exporting its stats with the cluster's."""
+    checks: dict[str, Callable[[], Checker]] = {
+        "tcp": lambda: tcp_check(send=config.send.encode(), expect=config.expect.encode()),
+        "http": lambda: http_check(path=config.path, expected_statuses=set(config.expected_statuses)),
+        "grpc": lambda: grpc_check(config.service),
+        "mongo": mongo_check,
+        "dynamodb": dynamodb_check,
+    }
+    return HealthChecker(
+        cluster.name,
+        cluster.hosts,
+        checks[config.type](),
+        HealthCheckConfig(
+            interval=config.interval,
+            jitter=config.jitter,
+            timeout=config.timeout,
+            unhealthy_threshold=config.unhealthy_threshold,
+            healthy_threshold=config.healthy_threshold,
+            unhealthy_interval=config.unhealthy_interval,
+            event_log_path=config.event_log_path,
+        ),
+        stats=HealthCheckStats.register(cluster.store, cluster.name),
+        on_change=lambda host: cluster.refresh(),
+    )

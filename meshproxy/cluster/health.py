@@ -195,6 +195,8 @@ class HealthChecker:
     """Timestamps of events (wall-clock seconds)."""
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    on_change: Callable[[CheckedHost], None] | None = None
+    """Called after a host turns healthy or unhealthy (the cluster rebuilds its balancer)."""
     events: deque[HealthEvent] = field(init=False)
     _states: dict[int, _HostState] = field(init=False, repr=False)
 
@@ -275,6 +277,8 @@ class HealthChecker:
 
     def _record(self, host: CheckedHost, event: str, detail: str) -> None:
         self._update_gauge()
+        if event != "first_failure" and self.on_change is not None:
+            self.on_change(host)
         entry = HealthEvent(self.clock(), self.cluster_name, host.name, event, detail)
         self.events.append(entry)
         level = logging.INFO if event == "add_healthy" else logging.WARNING
