@@ -109,6 +109,7 @@ class HostStatus:
     rq_total: int = 0
     cx_connect_fail: int = 0
     healthy: bool = True
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +487,7 @@ class AdminServer:
                     f"{prefix}rq_active::{host.rq_active}",
                     f"{prefix}rq_total::{host.rq_total}",
                     f"{prefix}health_flags::{'healthy' if host.healthy else '/failed_health_check'}",
+                    f"{prefix}weight::{host.weight}",
                 ]
         return AdminResponse(200, "".join(line + "\n" for line in lines))
 
@@ -530,6 +532,7 @@ def _cluster_json(cluster: ClusterStatus) -> dict[str, Any]:
                     {"name": "rq_total", "value": host.rq_total, "type": "COUNTER"},
                 ],
                 "health_status": {"healthy": host.healthy},
+                "weight": host.weight,
             }
             for host in cluster.hosts
         ],

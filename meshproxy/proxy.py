@@ -171,6 +171,7 @@ class Proxy:
                         rq_total=host.stats.rq_total.value,
                         cx_connect_fail=host.stats.cx_connect_fail.value,
                         healthy=host.healthy,
+                        weight=host.weight,
                     )
                     for host in cluster.hosts
                 ],
