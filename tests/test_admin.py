@@ -204,11 +204,13 @@ async def test_clusters_prints_cluster_host_stat_value_lines() -> None:
         "backend::127.0.0.1:27017::rq_active::1",
         "backend::127.0.0.1:27017::rq_total::40",
         "backend::127.0.0.1:27017::health_flags::healthy",
+        "backend::127.0.0.1:27017::weight::1",
         "backend::10.0.0.2:27018::cx_active::0",
         "backend::10.0.0.2:27018::cx_connect_fail::0",
         "backend::10.0.0.2:27018::rq_active::0",
         "backend::10.0.0.2:27018::rq_total::0",
         "backend::10.0.0.2:27018::health_flags::/failed_health_check",
+        "backend::10.0.0.2:27018::weight::1",
     ]
 
 
