@@ -479,6 +479,31 @@ class ClusterHealthCheckConfig(_Model):
     event_log_path: str | None = None
 
 
+class OutlierDetectionConfig(_Model):
+    """Passive ejection of hosts whose requests fail (``meshproxy.cluster.outlier``); Envoy's knobs and
+    defaults (docs/clusters.md#outlier-detection)."""
+
+    consecutive_5xx: Annotated[int, Field(ge=1)] = 5
+    consecutive_gateway_failure: Annotated[int, Field(ge=1)] = 5
+    consecutive_local_origin_failure: Annotated[int, Field(ge=1)] = 5
+    interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 10
+    split_external_local_origin_errors: bool = False
+    enforcing_consecutive_5xx: Annotated[int, Field(ge=0, le=100)] = 100
+    enforcing_consecutive_gateway_failure: Annotated[int, Field(ge=0, le=100)] = 0
+    enforcing_consecutive_local_origin_failure: Annotated[int, Field(ge=0, le=100)] = 100
+    enforcing_success_rate: Annotated[int, Field(ge=0, le=100)] = 100
+    success_rate_minimum_hosts: Annotated[int, Field(ge=1)] = 5
+    success_rate_request_volume: Annotated[int, Field(ge=1)] = 100
+    success_rate_stdev_factor: float = Field(1.9, gt=0)
+    enforcing_failure_percentage: Annotated[int, Field(ge=0, le=100)] = 0
+    failure_percentage_threshold: Annotated[int, Field(ge=0, le=100)] = 85
+    failure_percentage_minimum_hosts: Annotated[int, Field(ge=1)] = 5
+    failure_percentage_request_volume: Annotated[int, Field(ge=1)] = 50
+
+
 class ClusterConfig(_Model):
     name: str
     hosts: list[Address] = Field(min_length=1)
@@ -491,6 +516,8 @@ class ClusterConfig(_Model):
     """Below this share of healthy hosts (percent), balance over all hosts, as Envoy does."""
     health_check: ClusterHealthCheckConfig | None = None
     """Check every host actively; unhealthy hosts get no new connections (until the panic threshold)."""
+    outlier_detection: OutlierDetectionConfig | None = None
+    """Eject hosts whose requests fail; ``{}`` turns it on with Envoy's defaults."""
 
 
 class AdminConfig(_Model):

@@ -78,6 +78,11 @@ class Proxy:
             for listener in self.listeners.values():
                 await listener.start()
             for cluster_config in self.config.clusters:
+                if cluster_config.outlier_detection is not None:
+                    self._task_group.start_soon(
+                        _tick_outlier_detection, self.clusters[cluster_config.name],
+                        cluster_config.outlier_detection.interval,
+                    )
                 if cluster_config.health_check is not None:
                     checker = health_checker(self.clusters[cluster_config.name], cluster_config.health_check)
                     self.health_checkers[cluster_config.name] = checker
@@ -186,6 +191,12 @@ class Proxy:
             "admin": list(self.admin_address) if self.admin_address else None,
         }
         return dump
+
+
+async def _tick_outlier_detection(cluster: Cluster, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        cluster.tick_outlier_detection()
 
 
 def run(config: MeshConfig) -> int:

@@ -127,3 +127,45 @@ async def test_active_health_checking_moves_connections_off_a_dead_host() -> Non
     assert stats["cluster.two.health_check.healthy"] == 1
     assert stats["cluster.two.health_check.network_failure"] >= 1
     assert proxy.health_checkers["two"].events[-1].event == "eject_unhealthy"
+
+
+async def test_outlier_detection_ejects_a_host_whose_connections_fail() -> None:
+    """Two upstreams, one refusing connections: after 5 consecutive failures there (Envoy's default) outlier
+    detection ejects it, and every later connection goes to the live host."""
+    import socket
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"alive")
+        await writer.drain()
+        writer.close()
+
+    live = await asyncio.start_server(answer, "127.0.0.1", 0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    config = config_from_dict(
+        {
+            "admin": None,
+            "listeners": [{"name": "edge", "address": "127.0.0.1:0", "protocol": "tcp", "cluster": "two"}],
+            "clusters": [
+                {
+                    "name": "two",
+                    "hosts": [["127.0.0.1", dead_port], ["127.0.0.1", live.sockets[0].getsockname()[1]]],
+                    "outlier_detection": {},
+                }
+            ],
+        }
+    )
+    async with Proxy(config) as proxy:
+        answers = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(*proxy.listener_address("edge"))
+            answers.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+        stats = proxy.stats.values()
+        ejected = proxy.clusters["two"].hosts[0].ejected
+    live.close()
+    assert answers.count(b"") == 5  # the five connections the dead host refused before its ejection
+    assert answers[-10:] == [b"alive"] * 10
+    assert ejected
+    assert stats["cluster.two.outlier_detection.ejections_active"] == 1

@@ -39,6 +39,7 @@ from meshproxy.config import (
     MeshConfig,
     MongoAbort,
     MongoMatch,
+    OutlierDetectionConfig,
     StatsFilterConfig,
     TlsClientConfig,
     TlsServerConfig,
@@ -421,7 +422,7 @@ def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_
         f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
         f"{path}:8:5: clusters[0].colour: unknown field 'colour' "
         "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold, "
-        "health_check)",
+        "health_check, outlier_detection)",
         f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
     ]
 
@@ -517,13 +518,13 @@ def _fields(model: type[BaseModel]) -> Iterator[tuple[str, str]]:
 
 
 def test_the_configuration_reference_has_a_table_row_for_every_field_of_every_model() -> None:
-    rows = set(re.findall(r"^\| `([a-z_]+)` \|", REFERENCE.read_text(), flags=re.MULTILINE))
+    rows = set(re.findall(r"^\| `([a-z0-9_]+)` \|", REFERENCE.read_text(), flags=re.MULTILINE))
     models: list[type[BaseModel]] = [
         MeshConfig, AdminConfig, ListenerConfig, ClusterConfig, StatsFilterConfig, FaultFilterConfig,
         FixedDelay, MongoAbort, MongoMatch, AccessLogFilterConfig, TopologyRewriteFilterConfig,
         DynamoListenerConfig, DynamoStatsFilterConfig, DynamoAbortConfig, DynamoMatchConfig,
         GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig, GrpcRetryConfig,
-        TlsServerConfig, TlsClientConfig, ClusterHealthCheckConfig,
+        TlsServerConfig, TlsClientConfig, ClusterHealthCheckConfig, OutlierDetectionConfig,
     ]  # fmt: skip
     missing = {f"{model}.{name}" for m in models for model, name in _fields(m) if name not in rows}
     assert not missing

@@ -8,6 +8,7 @@ host's health (health checking, outlier detection) calls ``refresh()`` so the ba
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from meshproxy.cluster.health import (
     mongo_check,
     tcp_check,
 )
+from meshproxy.cluster.outlier import Outcome, OutlierConfig, OutlierDetector
 from meshproxy.config import ClusterConfig, ClusterHealthCheckConfig, TlsClientConfig
 from meshproxy.lb import (
     Balancer,
@@ -51,8 +53,20 @@ class Host:
 
     address: tuple[str, int]
     stats: HostStats
-    healthy: bool = True
+    passes_health_checks: bool = True
+    """What active health checking says (True without it)."""
     weight: int = 1
+    ejected: bool = False
+    """Set by outlier detection while the host is ejected."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether balancers should send it traffic: health checks pass and outlier detection has not ejected it."""
+        return self.passes_health_checks and not self.ejected
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self.passes_health_checks = value
 
     @property
     def name(self) -> str:
@@ -116,6 +130,8 @@ class Cluster:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
     balancer: Balancer[Host] | None = field(default=None, repr=False)
+    outlier: OutlierDetector | None = field(default=None, repr=False)
+    """Outlier detection, when the cluster's config has ``outlier_detection``; sessions ``report`` to it."""
     """Built from ``lb_policy`` by ``from_config``; None: hosts in turn, healthy ones first."""
     h2_pool: Any = field(default=None, repr=False)
     """The cluster's HTTP/2 connection pool (``meshproxy.transport.h2_upstream.H2UpstreamPool``), made by the
@@ -162,6 +178,13 @@ class Cluster:
             stats=_cluster_stats(stats, config.name),
             store=stats,
             balancer=_balancer(config, hosts),
+            outlier=(
+                None
+                if config.outlier_detection is None
+                else OutlierDetector(
+                    OutlierConfig(**config.outlier_detection.model_dump()), hosts, stats, config.name, time.monotonic
+                )
+            ),
             tls=config.tls,
             ssl_context=(
                 None
@@ -191,6 +214,30 @@ class Cluster:
         """Hosts' health or weight changed: rebuild the balancer's view."""
         if self.balancer is not None:
             self.balancer.update(self.hosts)
+
+    def report(self, host: Host | None, outcome: Outcome) -> None:
+        """One request's (or connection attempt's) outcome at ``host``, for outlier detection."""
+        if self.outlier is not None and host is not None:
+            self.outlier.report(host, outcome)
+            self._sync_ejections()
+
+    def tick_outlier_detection(self) -> None:
+        """Every ``outlier_detection.interval``: success rate, failure percentage, unejections."""
+        if self.outlier is not None:
+            self.outlier.tick()
+            self._sync_ejections()
+
+    def _sync_ejections(self) -> None:
+        outlier = self.outlier
+        assert outlier is not None
+        changed = False
+        for host in self.hosts:
+            ejected = outlier.is_ejected(host)
+            if ejected != host.ejected:
+                host.ejected = ejected
+                changed = True
+        if changed:
+            self.refresh()
 
 
 def _balancer(config: ClusterConfig, hosts: list[Host]) -> Balancer[Host]:

@@ -38,6 +38,7 @@ from dataclasses import replace
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from meshproxy.cluster.outlier import Outcome, outcome_from_dynamo
 from meshproxy.codecs.dynamo import crc32_of, error_response, parse_request, parse_response
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
@@ -305,6 +306,7 @@ class DynamoSession(Relay):
             self._detach_upstream()
             return
         self._finish_in_flight(in_flight)
+        self.cluster.report(self.host, outcome_from_dynamo(response.status, _error_type(response)))
         if not response.keep_alive:
             self._detach_upstream()  # the server closes after this response: the next request re-dials
         self._respond(in_flight.op, in_flight.request, response, self.filters)
@@ -342,6 +344,7 @@ class DynamoSession(Relay):
     # -- upstream failures ----------------------------------------------------------------------------
 
     def _connect_failed(self, host: Host, reason: str) -> None:
+        self.cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
         cluster = self.cluster
         cluster.stats.upstream_cx_connect_fail.inc()
         if self.host is not None:
@@ -388,6 +391,7 @@ class DynamoSession(Relay):
             transport.close()
         self.response_decoder = Http1ResponseDecoder(self.config.max_header_size, self.config.max_body_size)
         if self.in_flight is not None:
+            self.cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE)
             self._fail_in_flight(
                 503, "upstream connection closed before the response", self.session_stats.upstream_reset
             )
@@ -402,6 +406,7 @@ class DynamoSession(Relay):
             self._timeout_handle = self.loop.call_later(remaining / 1e9, self._check_timeout)
             return
         self.session_stats.upstream_rq_timeout.inc()
+        self.cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE)
         self.in_flight = None  # answered below; the connection that owes the response cannot be reused
         self.requests_finished(1)
         self._detach_upstream()
@@ -583,3 +588,9 @@ def _rejection(op: DynamoOperation) -> LocalResponse | None:
     else:
         return None
     return LocalResponse(status, tuple(headers), body)
+
+
+def _error_type(response: HttpResponse) -> str | None:
+    """The error type outlier detection needs, from the header DynamoDB sets on every error (no body parse)."""
+    value = response.header(b"x-amzn-errortype")
+    return value.decode("latin-1").partition(":")[0] if value else None

@@ -39,6 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from meshproxy.cluster.outlier import Outcome, outcome_from_grpc_status
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.grpc import (
     GrpcMessageCounter,
@@ -54,6 +55,7 @@ from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
 from meshproxy.transport.relay import Relay
 
 if TYPE_CHECKING:
+    from meshproxy.cluster import Host
     from meshproxy.config import GrpcListenerConfig
     from meshproxy.stats import Counter
     from meshproxy.transport.h2_upstream import H2UpstreamConnection, Headers
@@ -90,7 +92,7 @@ class _ProxiedCall:
 
     __slots__ = (
         "call", "client_ended", "client_window_waiting", "deadline_handle", "delay_handle", "done",
-        "end_sent_upstream", "held_headers", "queued_upstream", "replay", "replay_bytes", "request_counter",
+        "end_sent_upstream", "held_headers", "host", "queued_upstream", "replay", "replay_bytes", "request_counter",
         "response_counter", "response_started", "retries", "retry_handle", "session", "stream_id", "to_client",
         "to_upstream", "trailers", "up_id", "upstream",
     )
@@ -100,6 +102,8 @@ class _ProxiedCall:
         self.call = call
         self.stream_id = call.stream_id
         self.upstream: H2UpstreamConnection | None = None
+        self.host: Host | None = None
+        """The host of the last upstream stream, for outlier detection."""
         self.up_id = 0
         self.to_upstream: deque[tuple[bytes, int]] = deque()
         """Request DATA not yet handed upstream, with the flow-controlled length to acknowledge after (negative:
@@ -196,6 +200,7 @@ class _ProxiedCall:
 
     def upstream_ready(self, connection: H2UpstreamConnection, stream_id: int) -> None:
         self.upstream = connection
+        self.host = connection.host
         self.up_id = stream_id
         self.call.upstream = connection.host.name
         if self.client_ended and not self.to_upstream:
@@ -439,6 +444,10 @@ class _ProxiedCall:
         self.done = True
         call = self.call
         call.finished_ns = _now_ns()
+        if reason == "trailers" and call.grpc_status is not None:
+            self.session.pool.cluster.report(self.host, outcome_from_grpc_status(call.grpc_status))
+        elif reason in ("upstream_reset", "upstream_unavailable"):
+            self.session.pool.cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE)
         call.end_reason = reason
         call.request_messages = self.request_counter.count
         call.response_messages = self.response_counter.count

@@ -29,6 +29,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from meshproxy.cluster.outlier import Outcome
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, Goaway, end_stream_frame, goaway_frame
 from meshproxy.transport.tls import client_context
@@ -399,6 +400,7 @@ class H2UpstreamPool:
                 cluster.stats.upstream_cx_connect_timeout.inc()
             cluster.stats.upstream_cx_connect_fail.inc()
             host.stats.cx_connect_fail.inc()
+            cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
             reason = "connect timeout" if isinstance(error, TimeoutError) else (error.strerror or str(error))
             log.warning("cluster %s: cannot reach %s: %s", cluster.name, host.name, reason)
             waiting, self.waiting = self.waiting, deque()
@@ -406,6 +408,7 @@ class H2UpstreamPool:
                 handler.upstream_failed(f"upstream connect error: {reason}")
             return
         self.connecting.remove(connection)
+        cluster.report(host, Outcome.SUCCESS)
         cluster.stats.upstream_cx_total.inc()
         cluster.stats.upstream_cx_active.inc()
         host.stats.cx_total.inc()

@@ -25,6 +25,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, cast
 
+from meshproxy.cluster.outlier import Outcome
 from meshproxy.filters.mongo.api import ConnectionInfo
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Relay(asyncio.Protocol):
         cluster.stats.upstream_cx_active.inc()
         host.stats.cx_total.inc()
         host.stats.cx_active.inc()
+        cluster.report(host, Outcome.SUCCESS)
         self.up_transport = transport
         self.info.upstream = host.name
         if self._backlog:
@@ -172,6 +174,7 @@ class Relay(asyncio.Protocol):
             transport.write_eof()
 
     def _connect_failed(self, host: Host, reason: str) -> None:
+        self.cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
         self.cluster.stats.upstream_cx_connect_fail.inc()
         host.stats.cx_connect_fail.inc()
         log.warning(
