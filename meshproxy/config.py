@@ -912,6 +912,11 @@ def sidecar_config(
     cluster: dict[str, Any] = {"name": "upstream", "hosts": hosts}
     if lb_policy is not None:
         cluster["lb_policy"] = lb_policy
+    if len(hosts) > 1:
+        # In front of several hosts the sidecar is a traffic manager: the protocol's own health check and
+        # outlier detection are on, with Envoy's defaults (with one host there is nowhere else to go).
+        cluster["health_check"] = {"type": {"mongo": "mongo", "dynamo": "dynamodb", "grpc": "grpc"}[protocol]}
+        cluster["outlier_detection"] = {}
     return config_from_dict(
         {
             "admin": None if admin is None else {"address": admin},

@@ -169,3 +169,17 @@ async def test_outlier_detection_ejects_a_host_whose_connections_fail() -> None:
     assert answers[-10:] == [b"alive"] * 10
     assert ejected
     assert stats["cluster.two.outlier_detection.ejections_active"] == 1
+
+
+
+def test_a_sidecar_with_several_upstreams_checks_health_and_detects_outliers() -> None:
+    from meshproxy.config import sidecar_config
+
+    one = sidecar_config("grpc", listen=("127.0.0.1", 0), upstream=("127.0.0.1", 1), admin=None)
+    three = sidecar_config("mongo", listen=("127.0.0.1", 0), upstream=HOSTS, admin=None)
+    assert one.clusters[0].health_check is None
+    assert one.clusters[0].outlier_detection is None
+    check = three.clusters[0].health_check
+    assert check is not None
+    assert check.type == "mongo"
+    assert three.clusters[0].outlier_detection is not None
