@@ -504,6 +504,20 @@ class OutlierDetectionConfig(_Model):
     failure_percentage_request_volume: Annotated[int, Field(ge=1)] = 50
 
 
+class CircuitBreakersConfig(_Model):
+    """Bounds on what one cluster may have in flight (Envoy's defaults); beyond them requests are answered by
+    the proxy with the protocol's own overload error and counted, instead of queueing without limit."""
+
+    max_connections: Annotated[int, Field(ge=0)] = 1024
+    """Upstream connections open at once (``cluster.<name>.upstream_cx_overflow``)."""
+    max_pending_requests: Annotated[int, Field(ge=0)] = 1024
+    """Requests waiting for a connection (gRPC: for a pooled stream) (``upstream_rq_pending_overflow``)."""
+    max_requests: Annotated[int, Field(ge=0)] = 1024
+    """Requests in flight to the cluster (``upstream_rq_overflow``)."""
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    """Retries in flight at once (``upstream_rq_retry_overflow``)."""
+
+
 class ClusterConfig(_Model):
     name: str
     hosts: list[Address] = Field(min_length=1)
@@ -518,6 +532,7 @@ class ClusterConfig(_Model):
     """Check every host actively; unhealthy hosts get no new connections (until the panic threshold)."""
     outlier_detection: OutlierDetectionConfig | None = None
     """Eject hosts whose requests fail; ``{}`` turns it on with Envoy's defaults."""
+    circuit_breakers: CircuitBreakersConfig = CircuitBreakersConfig()
 
 
 class AdminConfig(_Model):

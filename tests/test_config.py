@@ -21,6 +21,7 @@ from meshproxy.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     AccessLogFilterConfig,
     AdminConfig,
+    CircuitBreakersConfig,
     ClusterConfig,
     ClusterHealthCheckConfig,
     ConfigError,
@@ -422,7 +423,7 @@ def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_
         f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
         f"{path}:8:5: clusters[0].colour: unknown field 'colour' "
         "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold, "
-        "health_check, outlier_detection)",
+        "health_check, outlier_detection, circuit_breakers)",
         f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
     ]
 
@@ -524,7 +525,7 @@ def test_the_configuration_reference_has_a_table_row_for_every_field_of_every_mo
         FixedDelay, MongoAbort, MongoMatch, AccessLogFilterConfig, TopologyRewriteFilterConfig,
         DynamoListenerConfig, DynamoStatsFilterConfig, DynamoAbortConfig, DynamoMatchConfig,
         GrpcListenerConfig, GrpcStatsFilterConfig, GrpcAbortConfig, GrpcMatchConfig, GrpcRetryConfig,
-        TlsServerConfig, TlsClientConfig, ClusterHealthCheckConfig, OutlierDetectionConfig,
+        TlsServerConfig, TlsClientConfig, ClusterHealthCheckConfig, OutlierDetectionConfig, CircuitBreakersConfig,
     ]  # fmt: skip
     missing = {f"{model}.{name}" for m in models for model, name in _fields(m) if name not in rows}
     assert not missing

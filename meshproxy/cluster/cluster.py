@@ -25,7 +25,7 @@ from meshproxy.cluster.health import (
     tcp_check,
 )
 from meshproxy.cluster.outlier import Outcome, OutlierConfig, OutlierDetector
-from meshproxy.config import ClusterConfig, ClusterHealthCheckConfig, TlsClientConfig
+from meshproxy.config import CircuitBreakersConfig, ClusterConfig, ClusterHealthCheckConfig, TlsClientConfig
 from meshproxy.lb import (
     Balancer,
     LeastRequestBalancer,
@@ -90,6 +90,9 @@ class ClusterStats:
     upstream_cx_tx_bytes_total: Counter
     upstream_rq_total: Counter
     upstream_rq_active: Gauge
+    upstream_cx_overflow: Counter
+    upstream_rq_pending_overflow: Counter
+    upstream_rq_overflow: Counter
 
 
 def _cluster_stats(stats: StatsStore, name: str) -> ClusterStats:
@@ -113,6 +116,9 @@ def _cluster_stats(stats: StatsStore, name: str) -> ClusterStats:
         upstream_cx_tx_bytes_total=counter("upstream_cx_tx_bytes_total"),
         upstream_rq_total=counter("upstream_rq_total"),
         upstream_rq_active=gauge("upstream_rq_active"),
+        upstream_cx_overflow=counter("upstream_cx_overflow"),
+        upstream_rq_pending_overflow=counter("upstream_rq_pending_overflow"),
+        upstream_rq_overflow=counter("upstream_rq_overflow"),
     )
 
 
@@ -130,6 +136,7 @@ class Cluster:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
     balancer: Balancer[Host] | None = field(default=None, repr=False)
+    breakers: CircuitBreakersConfig = field(default_factory=CircuitBreakersConfig)
     outlier: OutlierDetector | None = field(default=None, repr=False)
     """Outlier detection, when the cluster's config has ``outlier_detection``; sessions ``report`` to it."""
     """Built from ``lb_policy`` by ``from_config``; None: hosts in turn, healthy ones first."""
@@ -178,6 +185,7 @@ class Cluster:
             stats=_cluster_stats(stats, config.name),
             store=stats,
             balancer=_balancer(config, hosts),
+            breakers=config.circuit_breakers,
             outlier=(
                 None
                 if config.outlier_detection is None
@@ -214,6 +222,20 @@ class Cluster:
         """Hosts' health or weight changed: rebuild the balancer's view."""
         if self.balancer is not None:
             self.balancer.update(self.hosts)
+
+    def connection_allowed(self) -> bool:
+        """Whether one more upstream connection fits ``max_connections`` (counted when it does not)."""
+        if self.stats.upstream_cx_active.value < self.breakers.max_connections:
+            return True
+        self.stats.upstream_cx_overflow.inc()
+        return False
+
+    def request_allowed(self) -> bool:
+        """Whether one more request fits ``max_requests`` (counted when it does not)."""
+        if self.stats.upstream_rq_active.value < self.breakers.max_requests:
+            return True
+        self.stats.upstream_rq_overflow.inc()
+        return False
 
     def report(self, host: Host | None, outcome: Outcome) -> None:
         """One request's (or connection attempt's) outcome at ``host``, for outlier detection."""

@@ -249,12 +249,21 @@ class DynamoSession(Relay):
         self._pump()
 
     def _forward(self, op: DynamoOperation, request: HttpRequest) -> None:
+        cluster = self.cluster
+        if not cluster.request_allowed() or (
+            self.up_transport is None and not self.dialling and not cluster.connection_allowed()
+        ):
+            # Circuit breaker: answered here (503, which SDKs retry with back-off) instead of queueing.
+            self._proxy_error(op, request, 503, "upstream overflow (circuit breaker)")
+            return
         timeout_ns = self._timeout_ns
         self.in_flight = _InFlight(op, request, _now_ns() + timeout_ns if timeout_ns else 0)
         if timeout_ns and self._timeout_handle is None:
             self._timeout_handle = self.loop.call_later(timeout_ns / 1e9, self._check_timeout)
         if self.up_transport is None and not self.dialling:
             self.dial()
+        if self.closed:
+            return
         self.requests_started()
         self.response_decoder.expect_response(head=request.method == b"HEAD")
         self.send_upstream(request.raw)

@@ -91,10 +91,31 @@ class _ProxiedCall:
     """One client stream and its upstream stream: the ``UpstreamStream`` the pool reports to."""
 
     __slots__ = (
-        "call", "client_ended", "client_window_waiting", "deadline_handle", "delay_handle", "done",
-        "end_sent_upstream", "held_headers", "host", "queued_upstream", "replay", "replay_bytes", "request_counter",
-        "response_counter", "response_started", "retries", "retry_handle", "session", "stream_id", "to_client",
-        "to_upstream", "trailers", "up_id", "upstream",
+        "call",
+        "client_ended",
+        "client_window_waiting",
+        "counted",
+        "deadline_handle",
+        "delay_handle",
+        "done",
+        "end_sent_upstream",
+        "held_headers",
+        "host",
+        "queued_upstream",
+        "replay",
+        "replay_bytes",
+        "request_counter",
+        "response_counter",
+        "response_started",
+        "retries",
+        "retry_handle",
+        "session",
+        "stream_id",
+        "to_client",
+        "to_upstream",
+        "trailers",
+        "up_id",
+        "upstream",
     )
 
     def __init__(self, session: GrpcSession, call: GrpcCall) -> None:
@@ -104,6 +125,8 @@ class _ProxiedCall:
         self.upstream: H2UpstreamConnection | None = None
         self.host: Host | None = None
         """The host of the last upstream stream, for outlier detection."""
+        self.counted = False
+        """The call is in the cluster's ``upstream_rq_active`` (the circuit breaker's count)."""
         self.up_id = 0
         self.to_upstream: deque[tuple[bytes, int]] = deque()
         """Request DATA not yet handed upstream, with the flow-controlled length to acknowledge after (negative:
@@ -368,6 +391,7 @@ class _ProxiedCall:
             return False
         budget = self.session.retry_budget
         allowed = max(retry.min_retry_concurrency, retry.budget_percent / 100 * budget.active_calls)
+        allowed = min(allowed, self.session.pool.cluster.breakers.max_retries)
         if budget.active_retries + 1 > allowed:
             stats.overflow.inc()
             return False
@@ -444,6 +468,9 @@ class _ProxiedCall:
         self.done = True
         call = self.call
         call.finished_ns = _now_ns()
+        if self.counted:
+            self.counted = False
+            self.session.pool.cluster.stats.upstream_rq_active.value -= 1
         if reason == "trailers" and call.grpc_status is not None:
             self.session.pool.cluster.report(self.host, outcome_from_grpc_status(call.grpc_status))
         elif reason in ("upstream_reset", "upstream_unavailable"):
@@ -754,6 +781,16 @@ class GrpcSession(Relay):
             if isinstance(action, GrpcAbort):
                 proxied.answer(action.status, action.message, "local")
                 return
+        cluster = self.pool.cluster
+        if not cluster.request_allowed():
+            proxied.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_requests (meshproxy)", "local")
+            return
+        if len(self.pool.waiting) >= cluster.breakers.max_pending_requests and self.pool.must_wait():
+            cluster.stats.upstream_rq_pending_overflow.inc()
+            proxied.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_pending_requests (meshproxy)", "local")
+            return
+        proxied.counted = True
+        cluster.stats.upstream_rq_active.value += 1
         headers = [(n, v) for n, v in proxied.call.request_headers if n not in _CONNECTION_SPECIFIC]
         self.pool.open_stream(proxied, headers, end_stream=proxied.client_ended and not proxied.to_upstream)
 

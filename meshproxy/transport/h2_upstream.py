@@ -368,10 +368,20 @@ class H2UpstreamPool:
         for handler in pumps.values():
             handler.pump_client()
 
+    def must_wait(self) -> bool:
+        """Whether a new stream would have to wait (no open connection has room)."""
+        return not any(connection.capacity > 0 for connection in self.connections)
+
     def cancel_waiting(self, handler: UpstreamStream) -> None:
         self.waiting = deque(entry for entry in self.waiting if entry[0] is not handler)
 
     def _dial(self) -> None:
+        if not self.cluster.connection_allowed():
+            if not self.connections:  # nothing will ever free room for them
+                waiting, self.waiting = self.waiting, deque()
+                for handler, _, _ in waiting:
+                    handler.upstream_failed("upstream overflow: circuit breaker max_connections (meshproxy)")
+            return
         host = self.cluster.pick()
         connection = H2UpstreamConnection(self, host)
         self.connecting.append(connection)

@@ -15,12 +15,13 @@ behind it, as they would at a slow server.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from meshproxy.codecs.errors import DecodeError
-from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, encode
+from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, encode, error_reply
 from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation
 from meshproxy.transport.relay import Relay
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshproxy.mongo")
 
 _now_ns = time.monotonic_ns
+_OVERFLOW_REQUEST_IDS = itertools.count(0x4D4F0000)
 
 
 def _join(chunks: list[bytes]) -> bytes:
@@ -128,6 +130,16 @@ class MongoSession(Relay):
                 self._answer_locally(op, action, index)
                 return None
         request = op.request
+        if op.expects_reply and not op.is_monitoring and not self.cluster.request_allowed():
+            # Circuit breaker: a retryable network-class error the driver knows (HostUnreachable), so it backs
+            # off or retries elsewhere; handshakes and monitoring pass, so its view of the server stays true.
+            reply = error_reply(
+                op.plain_request, code=6, code_name="HostUnreachable",
+                errmsg="upstream overflow: circuit breaker max_requests (meshproxy)",
+                request_id=next(_OVERFLOW_REQUEST_IDS) & 0x7FFFFFFF,
+            )  # fmt: skip
+            self._answer_locally(op, LocalReply(reply), len(self.filters) - 1)
+            return None
         if op.expects_reply:
             self.pending[request.header.request_id] = op
             self.requests_started()

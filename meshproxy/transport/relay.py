@@ -120,7 +120,15 @@ class Relay(asyncio.Protocol):
     is ready to go, and again after the server closes a connection."""
 
     def dial(self) -> None:
-        """Pick a host and connect to it; client bytes sent meanwhile wait in the backlog."""
+        """Pick a host and connect to it; client bytes sent meanwhile wait in the backlog. Past the cluster's
+        ``max_connections`` the client connection is closed instead, as Envoy's TCP proxy does."""
+        if not self.cluster.connection_allowed():
+            log.warning(
+                "listener %s: connection %d from %s: cluster %s at max_connections; closing",
+                self.listener.name, self.connection_id, self.info.client, self.cluster.name,
+            )
+            self.close(local=True)
+            return
         self.host = self.cluster.pick()
         self._connect_task = self.loop.create_task(self._connect_upstream(self.host))
 
