@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import urllib.request
@@ -32,3 +33,19 @@ def wait_for_http(url: str, timeout: float = 15.0) -> None:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def admin_stats(admin_url: str) -> dict[str, str]:
+    """The admin endpoint's ``/stats`` (``name: value`` lines) as a mapping."""
+    values: dict[str, str] = {}
+    for line in fetch(f"{admin_url}/stats").splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            values[name] = value
+    return values
+
+
+def quantile(histogram: str, name: str) -> str:
+    """``P50`` of an Envoy-format histogram line (``P50(nan,0.45) P75(...)``), or ``-``."""
+    match = re.search(rf"\b{name}\([^,]*,([^)]*)\)", histogram)
+    return match.group(1) if match else "-"

@@ -39,7 +39,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from meshproxy.cluster.outlier import Outcome, outcome_from_dynamo
-from meshproxy.codecs.dynamo import crc32_of, error_response, parse_request, parse_response
+from meshproxy.codecs.dynamo import DynamoResponse, crc32_of, error_response, parse_request, parse_response
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
 from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse
@@ -315,10 +315,11 @@ class DynamoSession(Relay):
             self._detach_upstream()
             return
         self._finish_in_flight(in_flight)
-        self.cluster.report(self.host, outcome_from_dynamo(response.status, _error_type(response)))
+        host = self.host
         if not response.keep_alive:
             self._detach_upstream()  # the server closes after this response: the next request re-dials
-        self._respond(in_flight.op, in_flight.request, response, self.filters)
+        parsed = self._respond(in_flight.op, in_flight.request, response, self.filters)
+        self.cluster.report(host, outcome_from_dynamo(parsed.status, parsed.error_type))
         self._pump()
 
     def _finish_in_flight(self, in_flight: _InFlight) -> None:
@@ -327,8 +328,9 @@ class DynamoSession(Relay):
 
     def _respond(
         self, op: DynamoOperation, request: HttpRequest, response: HttpResponse, filters: list[DynamoFilter]
-    ) -> None:
-        """Run the response filters and write the response to the client (changed only where it must be)."""
+    ) -> DynamoResponse:
+        """Run the response filters and write the response to the client (changed only where it must be).
+        Returns the response as parsed, before any filter changed it."""
         op.finished_ns = _now_ns()
         parsed = parse_response(response.status, response.headers, response.body, op.request)
         op.response = parsed
@@ -349,6 +351,7 @@ class DynamoSession(Relay):
             if self._draining:
                 self.session_stats.cx_drain_close.inc()
             self.close(local=True)
+        return parsed
 
     # -- upstream failures ----------------------------------------------------------------------------
 
@@ -597,9 +600,3 @@ def _rejection(op: DynamoOperation) -> LocalResponse | None:
     else:
         return None
     return LocalResponse(status, tuple(headers), body)
-
-
-def _error_type(response: HttpResponse) -> str | None:
-    """The error type outlier detection needs, from the header DynamoDB sets on every error (no body parse)."""
-    value = response.header(b"x-amzn-errortype")
-    return value.decode("latin-1").partition(":")[0] if value else None

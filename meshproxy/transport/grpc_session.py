@@ -80,6 +80,45 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
 CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE = GrpcStatus.CANCELLED, GrpcStatus.DEADLINE_EXCEEDED, GrpcStatus.UNAVAILABLE
 
 
+def _send_queued(
+    h2c: h2.connection.H2Connection, stream_id: int, queue: deque[tuple[bytes, int]]
+) -> tuple[int, int, int, str]:
+    """Send from ``queue`` what ``stream_id``'s window allows, consecutive payloads coalesced into one DATA
+    frame: the messages are a byte stream within the stream, and one h2 ``send_data`` costs as much as the
+    rest of the proxy's work per message. Returns the bytes sent, the flow-controlled bytes to acknowledge
+    through h2 and through the fast path, and ``done``, ``stalled`` (no window, data left) or ``closed``
+    (the stream is gone; the queue is dropped)."""
+    sent = acknowledged = acknowledged_fast = 0
+    while queue:
+        try:
+            window = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
+        except h2.exceptions.StreamClosedError:
+            queue.clear()
+            return sent, acknowledged, acknowledged_fast, "closed"
+        batch: list[bytes] = []
+        size = 0
+        while queue:
+            data, flow_len = queue[0]
+            if size + len(data) > window:
+                if not batch and window > 0:  # a payload larger than the window: send what fits
+                    batch.append(data[:window])
+                    queue[0] = (data[window:], flow_len)
+                    size = window
+                break
+            batch.append(data)
+            size += len(data)
+            queue.popleft()
+            if flow_len > 0:
+                acknowledged += flow_len
+            elif flow_len < 0:
+                acknowledged_fast -= flow_len
+        if not size:  # no window left (or only empty payloads were queued)
+            return sent, acknowledged, acknowledged_fast, "stalled" if queue else "done"
+        h2c.send_data(stream_id, batch[0] if len(batch) == 1 else b"".join(batch))
+        sent += size
+    return sent, acknowledged, acknowledged_fast, "done"
+
+
 def _status_headers(status: int, message: str) -> Headers:
     headers: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % status)]
     if message:
@@ -183,33 +222,8 @@ class _ProxiedCall:
         h2c = upstream.h2
         session = self.session
         queue = self.to_upstream
-        acknowledged = acknowledged_fast = 0
-        while queue:
-            # Consecutive small payloads go out as one DATA frame: the messages are a byte stream within
-            # the stream, and one h2 send_data costs as much as the rest of the proxy's work per message.
-            window = min(h2c.local_flow_control_window(self.up_id), h2c.max_outbound_frame_size)
-            batch: list[bytes] = []
-            size = 0
-            while queue:
-                data, flow_len = queue[0]
-                if size + len(data) > window:
-                    if not batch and window > 0:  # a payload larger than the window: send what fits
-                        batch.append(data[:window])
-                        queue[0] = (data[window:], flow_len)
-                        size = window
-                    break
-                batch.append(data)
-                size += len(data)
-                queue.popleft()
-                if flow_len > 0:
-                    acknowledged += flow_len
-                elif flow_len < 0:
-                    acknowledged_fast -= flow_len
-            if size:
-                h2c.send_data(self.up_id, batch[0] if len(batch) == 1 else b"".join(batch))
-                self.queued_upstream -= size
-            elif queue:
-                break  # no window: wait for WINDOW_UPDATE
+        sent, acknowledged, acknowledged_fast, _ = _send_queued(h2c, self.up_id, queue)
+        self.queued_upstream -= sent
         if acknowledged:
             session.acknowledge(self.stream_id, acknowledged)
         if acknowledged_fast:
@@ -297,42 +311,16 @@ class _ProxiedCall:
         h2c = session.h2
         queue = self.to_client
         upstream = self.upstream
-        acknowledged = acknowledged_fast = 0
-        try:
-            while queue:
-                # Consecutive payloads go to the client as one DATA frame (see pump_upstream).
-                try:
-                    window = min(h2c.local_flow_control_window(self.stream_id), h2c.max_outbound_frame_size)
-                except h2.exceptions.StreamClosedError:
-                    queue.clear()
-                    return
-                batch: list[bytes] = []
-                size = 0
-                while queue:
-                    data, flow_len = queue[0]
-                    if size + len(data) > window:
-                        if not batch and window > 0:
-                            batch.append(data[:window])
-                            queue[0] = (data[window:], flow_len)
-                            size = window
-                        break
-                    batch.append(data)
-                    size += len(data)
-                    queue.popleft()
-                    if flow_len > 0:
-                        acknowledged += flow_len
-                    elif flow_len < 0:
-                        acknowledged_fast -= flow_len
-                if size:
-                    h2c.send_data(self.stream_id, batch[0] if len(batch) == 1 else b"".join(batch))
-                elif queue:
-                    if not self.client_window_waiting:
-                        self.client_window_waiting = True
-                        session.http2.flow_control_wait.inc()
-                    return
-        finally:
-            if upstream is not None and (acknowledged or acknowledged_fast):
-                upstream.acknowledge(self.up_id, acknowledged, acknowledged_fast)
+        _, acknowledged, acknowledged_fast, state = _send_queued(h2c, self.stream_id, queue)
+        if upstream is not None and (acknowledged or acknowledged_fast):
+            upstream.acknowledge(self.up_id, acknowledged, acknowledged_fast)
+        if state == "closed":
+            return
+        if state == "stalled":
+            if not self.client_window_waiting:
+                self.client_window_waiting = True
+                session.http2.flow_control_wait.inc()
+            return
         self.client_window_waiting = False
         session.mark()
         trailers = self.trailers
@@ -547,6 +535,11 @@ class GrpcSession(Relay):
         self._eof_sent = False
         self._window_start = 0.0
         self._counts = {"reset": 0, "ping": 0, "settings": 0}
+        self._limits = {
+            "reset": config.max_resets_per_second,
+            "ping": config.max_pings_per_second,
+            "settings": config.max_settings_per_second,
+        }
 
     # -- connection -----------------------------------------------------------------------------------
 
@@ -822,8 +815,7 @@ class GrpcSession(Relay):
             for key in self._counts:
                 self._counts[key] = 0
         self._counts[kind] += 1
-        limit = {"reset": self.config.max_resets_per_second, "ping": self.config.max_pings_per_second,
-                 "settings": self.config.max_settings_per_second}[kind]
+        limit = self._limits[kind]
         if self._counts[kind] > limit and not self._goaway_sent:
             flood.inc()
             log.warning(

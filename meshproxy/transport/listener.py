@@ -8,7 +8,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 
@@ -150,6 +150,17 @@ class RetryStats:
     """Calls that still failed after ``max_retries``."""
 
 
+_Sniffed = TypeVar("_Sniffed", DynamoListenerConfig, GrpcListenerConfig)
+
+
+def _sniffed(model: type[_Sniffed], protocol: str, auto: ListenerConfig) -> _Sniffed:
+    """The ``protocol`` listener an ``auto`` listener acts as for connections sniffed as that protocol."""
+    shared = {name: getattr(auto, name) for name in model.model_fields if name in ListenerConfig.model_fields}
+    shared.pop("filters", None)
+    shared["protocol"] = protocol
+    return model(**shared)
+
+
 class ListenerRuntime:
     """A bound listener and the sessions it owns."""
 
@@ -217,29 +228,10 @@ class ListenerRuntime:
         elif config.protocol in ("mongo", "auto"):
             self.mongo_config = config
         if isinstance(config, ListenerConfig) and config.protocol == "auto":
-            # gRPC (the HTTP/2 preface) likewise, with the defaults of a grpc listener.
-            self.grpc_config = GrpcListenerConfig(
-                protocol="grpc",
-                name=config.name,
-                address=config.address,
-                cluster=config.cluster,
-                stat_prefix=config.stat_prefix,
-                on_decode_error=config.on_decode_error,
-                idle_timeout=config.idle_timeout,
-                reuse_port=config.reuse_port,
-            )
-            # HTTP sniffed on an ``auto`` listener is proxied as DynamoDB with the defaults of a dynamo
-            # listener (stats only) and this listener's shared settings.
-            self.dynamo_config = DynamoListenerConfig(
-                protocol="dynamo",
-                name=config.name,
-                address=config.address,
-                cluster=config.cluster,
-                stat_prefix=config.stat_prefix,
-                on_decode_error=config.on_decode_error,
-                idle_timeout=config.idle_timeout,
-                reuse_port=config.reuse_port,
-            )
+            # HTTP/1.x and the HTTP/2 preface sniffed on an ``auto`` listener get the DynamoDB and gRPC
+            # sessions, with those listeners' defaults (stats only) and this listener's shared settings.
+            self.dynamo_config = _sniffed(DynamoListenerConfig, "dynamo", config)
+            self.grpc_config = _sniffed(GrpcListenerConfig, "grpc", config)
         self.mongo_stats = MongoSessionStats.create(stats, prefix) if self.mongo_config is not None else None
         self.dynamo_stats = DynamoSessionStats.create(stats, prefix) if self.dynamo_config is not None else None
         self.http2_stats = Http2Stats.create(stats, prefix) if self.grpc_config is not None else None

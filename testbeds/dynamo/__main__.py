@@ -21,23 +21,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-from testbeds._ports import fetch, wait_for_http
+from testbeds._ports import admin_stats, quantile, wait_for_http
 from testbeds.dynamo.workload import Ledger, run_workload
-
-
-def _parse_stats(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep:
-            values[name] = value
-    return values
-
-
-def _quantile(histogram: str, name: str) -> str:
-    """``P50`` of an Envoy-format histogram line (``P50(nan,0.45) P75(...)``), or ``-``."""
-    match = re.search(rf"\b{name}\([^,]*,([^)]*)\)", histogram)
-    return match.group(1) if match else "-"
 
 
 def mismatches(stats: dict[str, str], prefix: str, ledger: Ledger) -> list[str]:
@@ -87,8 +72,8 @@ def _print_tables(stats: dict[str, str], prefix: str, ledger: Ledger) -> None:
             stats.get(f"{base}.upstream_rq_total", "0"),
             stats.get(f"{base}.upstream_rq_total_2xx", "0"),
             stats.get(f"{base}.upstream_rq_total_4xx", "0"),
-            _quantile(histogram, "P50"),
-            _quantile(histogram, "P99"),
+            quantile(histogram, "P50"),
+            quantile(histogram, "P99"),
         )
     console = Console()
     console.print(table)
@@ -187,7 +172,7 @@ def _run(moto: tuple[str, int], args: argparse.Namespace) -> int:
         ledger = run_workload(endpoint)
         elapsed = time.perf_counter() - started
         print(f"workload done in {elapsed:.2f}s: {ledger.requests} requests")
-        stats = _parse_stats(fetch(f"{admin_url}/stats"))
+        stats = admin_stats(admin_url)
         _print_tables(stats, args.prefix, ledger)
         problems = mismatches(stats, args.prefix, ledger)
         for problem in problems:

@@ -15,18 +15,9 @@ import signal
 import subprocess
 import sys
 
-from testbeds._ports import fetch, free_port, wait_for_http
+from testbeds._ports import admin_stats, free_port, quantile, wait_for_http
 from testbeds.grpc.service import EchoServer
 from testbeds.grpc.workload import Ledger, run_workload
-
-
-def _stats(admin: int) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in fetch(f"http://127.0.0.1:{admin}/stats").splitlines():
-        name, sep, value = line.partition(": ")
-        if sep:
-            values[name] = value
-    return values
 
 
 def _compare(stats: dict[str, str], ledger: Ledger) -> list[tuple[str, ...]]:
@@ -57,9 +48,7 @@ def _compare(stats: dict[str, str], ledger: Ledger) -> list[tuple[str, ...]]:
 
 def _p(stats: dict[str, str], scope: str) -> str:
     line = stats.get(scope + "upstream_rq_time", "")
-    p50 = line.split("P50(", 1)[1].split(",", 1)[1].split(")", 1)[0] if "P50(" in line else "-"
-    p99 = line.split("P99(", 1)[1].split(",", 1)[1].split(")", 1)[0] if "P99(" in line else "-"
-    return f"{p50} / {p99}"
+    return f"{quantile(line, 'P50')} / {quantile(line, 'P99')}"
 
 
 def main() -> int:
@@ -79,7 +68,7 @@ def main() -> int:
         try:
             wait_for_http(f"http://127.0.0.1:{admin}/ready")
             ledger = run_workload(("127.0.0.1", listen), server_saw_cancel=server.service.cancelled)
-            stats = _stats(admin)
+            stats = admin_stats(f"http://127.0.0.1:{admin}")
         finally:
             sidecar.send_signal(signal.SIGTERM)
             status = sidecar.wait(timeout=15)

@@ -10,30 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from testbeds._ports import fetch, free_port, wait_for_http
+from testbeds._ports import admin_stats, free_port, quantile, wait_for_http
 from testbeds.mongo.workload import run_workload
-
-
-def _parse_stats(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep:
-            values[name] = value
-    return values
-
-
-def _quantile(histogram: str, name: str) -> str:
-    """``P50`` of an Envoy-format histogram line (``P50(nan,0.45) P75(...)``), or ``-``."""
-    match = re.search(rf"\b{name}\([^,]*,([^)]*)\)", histogram)
-    return match.group(1) if match else "-"
 
 
 def _print_table(stats: dict[str, str], prefix: str, counts: dict[str, int]) -> None:
@@ -58,9 +42,9 @@ def _print_table(stats: dict[str, str], prefix: str, counts: dict[str, int]) -> 
             command,
             str(counts.get(command, "")),
             stats.get(f"{base}.total", "0"),
-            _quantile(time_ms, "P50"),
-            _quantile(time_ms, "P99"),
-            _quantile(docs, "P50"),
+            quantile(time_ms, "P50"),
+            quantile(time_ms, "P99"),
+            quantile(docs, "P50"),
         )
     console = Console()
     console.print(table)
@@ -102,7 +86,7 @@ def _run_demo(db_port: int, args: argparse.Namespace) -> int:
         counts = run_workload(uri, scale=args.scale)
         elapsed = time.perf_counter() - started
         print(f"workload done in {elapsed:.2f}s: {sum(counts.values())} operations")
-        stats = _parse_stats(fetch(f"{admin_url}/stats"))
+        stats = admin_stats(admin_url)
         _print_table(stats, args.prefix, counts)
         print(f"admin endpoint: {admin_url}/  (stats: {admin_url}/stats, "
               f"Prometheus: {admin_url}/stats/prometheus)")
