@@ -378,6 +378,12 @@ class ListenerConfig(_ListenerBase):
     protocol_clusters: dict[Literal["mongo", "dynamo", "grpc", "tcp"], str] | None = None
     """``auto`` listeners: the cluster each sniffed protocol goes to (others go to ``cluster``), so one port
     can front a MongoDB server, a DynamoDB endpoint and a gRPC service at once."""
+    balance: Literal["operation", "connection"] = "operation"
+    """``operation``: each command is sent to a host the cluster picks (cursors, transactions and
+    authenticated connections keep their host; docs/clusters.md#mongodb); ``connection``: a client
+    connection's commands all go to the host picked when it connected."""
+    hash_key: Literal["collection", "database"] = "collection"
+    """What ``ring_hash`` and ``maglev`` clusters hash for a command: its ``db.collection`` or its database."""
 
 
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
@@ -400,6 +406,9 @@ class DynamoListenerConfig(_ListenerBase):
     upstream_timeout: Duration = 60.0
     """Longest wait for an upstream response; past it the client gets a 504 and the upstream connection is
     closed (Envoy's route timeout is 15 s; DynamoDB's SDKs wait 60 s by default). 0 disables."""
+    partition_keys: dict[str, str] = {}
+    """Table name -> its partition key attribute, so ``ring_hash`` and ``maglev`` clusters hash a request's
+    table and partition key value; tables not listed hash by table name alone."""
 
 
 class GrpcRetryConfig(_Model):
@@ -439,6 +448,9 @@ class GrpcListenerConfig(_ListenerBase):
     """The proxy ends a call this much before its ``grpc-timeout`` (Envoy's ``grpc_timeout_header_offset``),
     so its DEADLINE_EXCEEDED, with the upstream stream cancelled, reaches the client before the client's own
     timer fires."""
+    hash_key_header: str | None = None
+    """Request metadata whose value ``ring_hash`` and ``maglev`` clusters hash for a call (e.g. ``x-user-id``);
+    without it, or when a call lacks it, the call's ``:path`` is hashed."""
 
 
 LISTENER_PROTOCOLS = ("mongo", "dynamo", "grpc", "tcp", "auto")
