@@ -29,13 +29,55 @@ from meshproxy.cluster.outlier import Outcome
 from meshproxy.filters.mongo.api import ConnectionInfo
 
 if TYPE_CHECKING:
-    from meshproxy.cluster import Host
+    from collections.abc import Callable
+
+    from meshproxy.cluster import Cluster, Host
     from meshproxy.transport.listener import ListenerRuntime
 
 log = logging.getLogger("meshproxy.transport")
 
 BACKLOG_LIMIT = 1 << 20
 """Client bytes buffered while the upstream connection is being dialled (1 MiB) before reading pauses."""
+
+
+async def open_upstream(
+    cluster: Cluster, host: Host, protocol_factory: Callable[[], asyncio.Protocol]
+) -> asyncio.Transport:
+    """Connect to ``host`` within the cluster's connect timeout (over TLS when the cluster says so), and count
+    it: ``upstream_cx_total`` / ``_active`` for the cluster and the host, a success for outlier detection.
+
+    A timeout raises ``TimeoutError`` (an ``OSError``) after counting ``upstream_cx_connect_timeout``; the
+    caller counts and reports every failure (``connect_failed``), because only it knows what happens next.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(cluster.connect_timeout):
+            transport, _ = await loop.create_connection(
+                protocol_factory,
+                host.address[0],
+                host.address[1],
+                ssl=cluster.ssl_context,
+                server_hostname=cluster.server_hostname(host),
+            )
+    except TimeoutError:
+        cluster.stats.upstream_cx_connect_timeout.inc()
+        raise TimeoutError("connect timeout") from None
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cluster.stats.upstream_cx_total.inc()
+    cluster.stats.upstream_cx_active.inc()
+    host.stats.cx_total.inc()
+    host.stats.cx_active.inc()
+    cluster.report(host, Outcome.SUCCESS)
+    return transport
+
+
+def connect_failed(cluster: Cluster, host: Host) -> None:
+    """Count a failed connection attempt to ``host`` and report it to outlier detection."""
+    cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
+    cluster.stats.upstream_cx_connect_fail.inc()
+    host.stats.cx_connect_fail.inc()
 
 
 class _UpstreamProtocol(asyncio.Protocol):
@@ -141,34 +183,14 @@ class Relay(asyncio.Protocol):
         return _UpstreamProtocol(self)
 
     async def _connect_upstream(self, host: Host) -> None:
-        cluster = self.cluster
         try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                transport, _ = await self.loop.create_connection(
-                    self.upstream_protocol,
-                    host.address[0],
-                    host.address[1],
-                    ssl=cluster.ssl_context,
-                    server_hostname=cluster.server_hostname(host),
-                )
-        except TimeoutError:
-            cluster.stats.upstream_cx_connect_timeout.inc()
-            self._connect_failed(host, "connect timeout")
-            return
+            transport = await open_upstream(self.cluster, host, self.upstream_protocol)
         except OSError as exc:
-            self._connect_failed(host, exc.strerror or str(exc))
+            self._connect_failed(host, exc.strerror or str(exc) or type(exc).__name__)
             return
         if self.closed:
             transport.close()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        cluster.stats.upstream_cx_total.inc()
-        cluster.stats.upstream_cx_active.inc()
-        host.stats.cx_total.inc()
-        host.stats.cx_active.inc()
-        cluster.report(host, Outcome.SUCCESS)
         self.up_transport = transport
         self.info.upstream = host.name
         if self._backlog:
@@ -182,9 +204,7 @@ class Relay(asyncio.Protocol):
             transport.write_eof()
 
     def _connect_failed(self, host: Host, reason: str) -> None:
-        self.cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
-        self.cluster.stats.upstream_cx_connect_fail.inc()
-        host.stats.cx_connect_fail.inc()
+        connect_failed(self.cluster, host)
         log.warning(
             "listener %s: connection %d from %s: cannot reach upstream %s: %s",
             self.listener.name, self.connection_id, self.info.client, host.name, reason,
@@ -262,19 +282,20 @@ class Relay(asyncio.Protocol):
 
     # -- request accounting (protocol sessions) ---------------------------------------------------------
 
-    def requests_started(self) -> None:
-        """One request went upstream: the cluster's and the host's ``upstream_rq_total`` / ``_active``."""
+    def requests_started(self, host: Host | None = None) -> None:
+        """One request went upstream (to ``host``, by default the session's): the cluster's and the host's
+        ``upstream_rq_total`` / ``_active``."""
         cluster = self.cluster.stats
         cluster.upstream_rq_total.value += 1
         cluster.upstream_rq_active.value += 1
-        host = self.host
+        host = host or self.host
         if host is not None:
             host.stats.rq_total.value += 1
             host.stats.rq_active.value += 1
 
-    def requests_finished(self, count: int) -> None:
+    def requests_finished(self, count: int, host: Host | None = None) -> None:
         self.cluster.stats.upstream_rq_active.value -= count
-        host = self.host
+        host = host or self.host
         if host is not None:
             host.stats.rq_active.value -= count
 
@@ -305,6 +326,16 @@ class Relay(asyncio.Protocol):
 
     # -- closing --------------------------------------------------------------------------------------
 
+    def close_upstream(self, *, local: bool, abort: bool) -> None:
+        """Close the upstream side as the session closes (a session with several upstreams closes them all)."""
+        if self.up_transport is not None:
+            if local:
+                self.cluster.stats.upstream_cx_destroy_local.inc()
+            if abort:
+                self.up_transport.abort()
+            else:
+                self.up_transport.close()
+
     def _idle_check(self) -> None:
         if self.closed:
             return
@@ -329,13 +360,7 @@ class Relay(asyncio.Protocol):
         try:
             self.on_close(local=local)
         finally:
-            if self.up_transport is not None:
-                if local:
-                    self.cluster.stats.upstream_cx_destroy_local.inc()
-                if abort:
-                    self.up_transport.abort()
-                else:
-                    self.up_transport.close()
+            self.close_upstream(local=local, abort=abort)
             if abort:
                 self.down_transport.abort()
             else:
