@@ -140,6 +140,8 @@ class _ProxiedCall:
         "end_sent_upstream",
         "held_headers",
         "host",
+        "key",
+        "picked",
         "queued_upstream",
         "replay",
         "replay_bytes",
@@ -163,7 +165,11 @@ class _ProxiedCall:
         self.stream_id = call.stream_id
         self.upstream: H2UpstreamConnection | None = None
         self.host: Host | None = None
-        """The host of the last upstream stream, for outlier detection."""
+        """The host of the current attempt's upstream stream once it is open, for outlier detection."""
+        self.picked: Host | None = None
+        """The host the balancer picked for the current attempt (a retry avoids it)."""
+        self.key: bytes | None = None
+        """What ring hash and maglev hash for this call (``hash_key_header``'s value, else ``:path``)."""
         self.counted = False
         """The call is in the cluster's ``upstream_rq_active`` (the circuit breaker's count)."""
         self.up_id = 0
@@ -258,7 +264,7 @@ class _ProxiedCall:
         forwarded = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
         if end_stream:  # trailers-only
             self._read_status(headers)
-            if self._retry_if_allowed():
+            if self._retry_if_allowed(local=False):
                 return
             self.response_started = True
             self.session.send_headers(self.stream_id, forwarded, end_stream=True)
@@ -299,7 +305,7 @@ class _ProxiedCall:
             return
         self.call.trailers = headers
         self._read_status(headers)
-        if self._retry_if_allowed():
+        if self._retry_if_allowed(local=False):
             return
         self._release_headers()
         self.trailers = [(n, v) for n, v in headers if n not in _CONNECTION_SPECIFIC]
@@ -338,7 +344,7 @@ class _ProxiedCall:
         self.upstream = None
         if error_code == h2.errors.ErrorCodes.REFUSED_STREAM:  # never processed: as safe as UNAVAILABLE
             self.call.grpc_status = UNAVAILABLE
-            if self._retry_if_allowed():
+            if self._retry_if_allowed(local=True):
                 return
         self.held_headers = None
         if self.response_started:
@@ -354,7 +360,7 @@ class _ProxiedCall:
             return
         self.upstream = None
         self.call.grpc_status = UNAVAILABLE
-        if self._retry_if_allowed():
+        if self._retry_if_allowed(local=True):
             return
         self.held_headers = None
         if self.response_started:
@@ -366,9 +372,13 @@ class _ProxiedCall:
 
     # -- retries ----------------------------------------------------------------------------------------
 
-    def _retry_if_allowed(self) -> bool:
+    def _retry_if_allowed(self, *, local: bool) -> bool:
         """Start another attempt if the status is one to retry, nothing reached the client yet, this call has
-        retries left and the listener's retry budget allows one more in flight."""
+        retries left and the listener's retry budget allows one more in flight.
+
+        The failed attempt's outcome goes to outlier detection now (``local``: no status from the server, a
+        local-origin failure), as Envoy reports every attempt: otherwise retries that succeed elsewhere would
+        hide a failing host from it for good."""
         retry = self.session.retry
         status = self.call.grpc_status
         if retry is None or self.replay is None or status not in retry.on or self.response_started:
@@ -383,6 +393,9 @@ class _ProxiedCall:
         if budget.active_retries + 1 > allowed:
             stats.overflow.inc()
             return False
+        cluster = self.session.pool.cluster
+        cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE if local else outcome_from_grpc_status(status))
+        self.host = None  # until the next attempt's stream opens
         old = self.upstream
         if old is not None:
             self.upstream = None
@@ -410,8 +423,17 @@ class _ProxiedCall:
         self.queued_upstream = sum(len(data) for data in replay)
         self.end_sent_upstream = False
         headers = [(n, v) for n, v in self.call.request_headers if n not in _CONNECTION_SPECIFIC]
-        self.session.pool.open_stream(self, headers, end_stream=self.client_ended and not self.to_upstream)
-        self.session.mark()
+        # Another host than the one that failed, when the cluster has one (Envoy's previous_hosts predicate).
+        session = self.session
+        picked = session.pool.open_stream(
+            self, headers, self.client_ended and not self.to_upstream, self.key, self.picked
+        )
+        if picked is None:
+            session.pool.cluster.stats.upstream_rq_pending_overflow.inc()
+            self.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_pending_requests (meshproxy)", "local")
+        elif not self.done:
+            self.picked = picked
+        session.mark()
 
     # -- endings ----------------------------------------------------------------------------------------
 
@@ -510,6 +532,7 @@ class GrpcSession(Relay):
         self.http2_deadline = self.http2.deadline_exceeded
         self.filters: list[GrpcFilter] = listener.grpc_filters
         self.retry = config.retry
+        self.hash_key_header = None if config.hash_key_header is None else config.hash_key_header.lower().encode()
         self.retry_budget = listener.grpc_retry_budget
         self.retry_stats = listener.grpc_retry_stats
         self.h2 = h2.connection.H2Connection(
@@ -774,18 +797,36 @@ class GrpcSession(Relay):
             if isinstance(action, GrpcAbort):
                 proxied.answer(action.status, action.message, "local")
                 return
-        cluster = self.pool.cluster
+        pool = self.pool
+        cluster = pool.cluster
         if not cluster.request_allowed():
             proxied.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_requests (meshproxy)", "local")
             return
-        if len(self.pool.waiting) >= cluster.breakers.max_pending_requests and self.pool.must_wait():
-            cluster.stats.upstream_rq_pending_overflow.inc()
-            proxied.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_pending_requests (meshproxy)", "local")
-            return
         proxied.counted = True
         cluster.stats.upstream_rq_active.value += 1
-        headers = [(n, v) for n, v in proxied.call.request_headers if n not in _CONNECTION_SPECIFIC]
-        self.pool.open_stream(proxied, headers, end_stream=proxied.client_ended and not proxied.to_upstream)
+        request_headers = proxied.call.request_headers
+        headers = [(n, v) for n, v in request_headers if n not in _CONNECTION_SPECIFIC]
+        if pool.hashing:
+            proxied.key = self._hash_key(request_headers)
+        # The balancer picks a host for this call alone (per-call balancing, see meshproxy.transport.h2_upstream).
+        picked = pool.open_stream(proxied, headers, proxied.client_ended and not proxied.to_upstream, proxied.key)
+        if picked is None:
+            cluster.stats.upstream_rq_pending_overflow.inc()
+            proxied.answer(UNAVAILABLE, "upstream overflow: circuit breaker max_pending_requests (meshproxy)", "local")
+        elif not proxied.done:
+            proxied.picked = picked
+
+    def _hash_key(self, headers: Headers) -> bytes:
+        """What a hashing balancer hashes for a call: ``hash_key_header``'s value when the call has it, else
+        its ``:path`` (so calls of one method stick to one host)."""
+        wanted = self.hash_key_header
+        path = b""
+        for name, value in headers:
+            if name == wanted:
+                return value
+            if name == b":path":
+                path = value
+        return path
 
     def _release(self, proxied: _ProxiedCall, next_filter: int) -> None:
         proxied.delay_handle = None

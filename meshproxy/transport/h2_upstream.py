@@ -2,8 +2,20 @@
 
 Client connections do not own upstream connections here (unlike the byte relay and the Mongo and DynamoDB
 sessions): every call of every client connection is a stream on one of a few shared upstream connections,
-as in Envoy's HTTP/2 connection pool. A connection takes new streams until it has as many as the server's
-``SETTINGS_MAX_CONCURRENT_STREAMS`` (capped at ``MAX_STREAMS_PER_CONNECTION``), then a new one is dialled.
+as in Envoy's HTTP/2 connection pool.
+
+**Calls are balanced one by one.** Each new upstream stream (each call, and each retry attempt) asks the
+cluster's balancer for a host (``cluster.pick(key)``), then goes on an open connection to *that* host with
+room, or waits for one to be dialled to it. Picking per connection instead would pin every call of a
+long-lived connection to one host: one grpcio channel would never spread, and least request, ring hash and
+maglev would have nothing to act on. A retry attempt avoids the host whose attempt failed when the cluster
+has another healthy one (Envoy's ``previous_hosts`` retry predicate; hashing policies get a perturbed key,
+as Envoy's ring hash and maglev do for a retry).
+
+A connection takes new streams until it has as many as the server's ``SETTINGS_MAX_CONCURRENT_STREAMS``
+(capped at ``MAX_STREAMS_PER_CONNECTION``), then a new one to the same host is dialled (one dial per host at
+a time). With ``max_connections`` reached and no connection to the picked host, a call takes a connection
+of another host with room rather than failing: the breaker bounds connections, not which host serves.
 A connection that received ``GOAWAY`` takes no new streams; its streams above the server's last stream id
 were never processed, so they fail as ``unavailable`` (safe for the caller to retry), and it closes once
 the rest are done.
@@ -20,7 +32,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import h2.config
 import h2.connection
@@ -32,6 +44,7 @@ import h2.settings
 from meshproxy.cluster.outlier import Outcome
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, Goaway, end_stream_frame, goaway_frame
+from meshproxy.lb import MaglevBalancer, RingHashBalancer
 from meshproxy.transport.tls import client_context
 
 if TYPE_CHECKING:
@@ -41,6 +54,9 @@ log = logging.getLogger("meshproxy.h2")
 
 Headers = list[tuple[bytes, bytes]]
 
+RETRY_HOST_PICKS = 3
+"""Picks a retry attempt makes to find a host other than the one that failed before taking any other
+healthy host directly (Envoy's ``host_selection_retry_max_attempts``, which defaults to 1)."""
 MAX_STREAMS_PER_CONNECTION = 1000
 """Streams one upstream connection carries at most, whatever the server allows (grpcio allows 2^31)."""
 UPSTREAM_WINDOW = 1 << 20
@@ -105,6 +121,9 @@ class H2UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: H2UpstreamPool, host: Host) -> None:
         self.pool = pool
         self.host = host
+        self.host_rq_total = host.stats.rq_total
+        self.host_rq_active = host.stats.rq_active
+        """Per-host requests: ``rq_active`` is what least request reads, so it follows every stream."""
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(
                 client_side=True,
@@ -159,6 +178,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         self.streams[stream_id] = handler
         self.pool.stats_rq_total.value += 1
+        self.host_rq_total.value += 1
+        self.host_rq_active.value += 1
         self.mark()
         handler.upstream_ready(self, stream_id)
 
@@ -182,6 +203,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.fast_streams.discard(stream_id)
         self.fast_windows.forget(stream_id)
         if self.streams.pop(stream_id, None) is not None:
+            self.host_rq_active.value -= 1
             self.pool.stream_finished(self)
 
     def acknowledge(self, stream_id: int, size: int, fast_size: int) -> None:
@@ -277,6 +299,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         log.info("upstream %s: GOAWAY (last stream %d, error %s)", self.host.name, last_stream_id, error_code)
         for stream_id in [s for s in self.streams if s > last_stream_id]:
             handler = self.streams.pop(stream_id)
+            self.host_rq_active.value -= 1
             handler.upstream_failed("the server sent GOAWAY before processing the stream")
         if not self.streams:
             self._close()
@@ -289,6 +312,7 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def _fail_all(self, reason: str) -> None:
         streams, self.streams = self.streams, {}
+        self.host_rq_active.value -= len(streams)
         for handler in streams.values():
             handler.upstream_failed(reason)
 
@@ -317,6 +341,15 @@ class H2UpstreamConnection(asyncio.Protocol):
                 self._close()
 
 
+class Waiting(NamedTuple):
+    """A stream waiting for room on a connection to ``host`` (None: to any host, see ``open_stream``)."""
+
+    handler: UpstreamStream
+    headers: Headers
+    end_stream: bool
+    host: Host | None
+
+
 class H2UpstreamPool:
     """The HTTP/2 connections of one cluster, shared by every client connection of a listener."""
 
@@ -330,9 +363,11 @@ class H2UpstreamPool:
             if cluster.tls is None
             else client_context(cluster.tls, alpn=["h2"], where=f"clusters[{cluster.name}].tls")
         )
+        self.hashing = isinstance(cluster.balancer, (RingHashBalancer, MaglevBalancer))
+        """Whether the balancer uses a call's key: sessions compute one only then."""
         self.connections: list[H2UpstreamConnection] = []
         self.connecting: list[H2UpstreamConnection] = []
-        self.waiting: deque[tuple[UpstreamStream, Headers, bool]] = deque()
+        self.waiting: deque[Waiting] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._client_pumps: dict[int, Any] = {}
         stats = cluster.stats
@@ -349,15 +384,68 @@ class H2UpstreamPool:
             labels=labels,
         )
 
-    def open_stream(self, handler: UpstreamStream, headers: Headers, end_stream: bool) -> None:
-        """Open a stream for ``handler`` now, or as soon as a connection has room (one is dialled if needed)."""
-        for connection in self.connections:
+    def pick(self, key: bytes | None = None, avoid: Host | None = None) -> Host:
+        """The host for one new stream: the balancer's choice, other than ``avoid`` (the host of a failed
+        attempt) when the cluster has another healthy host.
+
+        As Envoy's ``previous_hosts`` retry predicate: the balancer is asked again a few times (a hashing
+        balancer with the key perturbed by the attempt number, as Envoy's ring hash and maglev do, so a retry
+        moves consistently); if it still answers ``avoid``, the healthy host with the fewest requests in
+        flight is taken. With no other healthy host the balancer's answer stands: retrying the same host
+        beats failing the call."""
+        cluster = self.cluster
+        host = cluster.pick(key)
+        if avoid is None or host is not avoid:
+            return host
+        others = [h for h in cluster.hosts if h is not avoid and h.healthy]
+        if not others:
+            return host
+        for attempt in range(1, RETRY_HOST_PICKS + 1):
+            host = cluster.pick(None if key is None else key + b"#%d" % attempt)
+            if host is not avoid:
+                return host
+        return min(others, key=lambda h: h.stats.rq_active.value)
+
+    def open_stream(
+        self,
+        handler: UpstreamStream,
+        headers: Headers,
+        end_stream: bool,
+        key: bytes | None = None,
+        avoid: Host | None = None,
+    ) -> Host | None:
+        """Open a stream for ``handler`` to the host the balancer picks for it (see ``pick``), now on an
+        open connection to that host with room, or as soon as one is dialled.
+
+        Returns the host picked, or None when the stream would have to wait and ``max_pending_requests``
+        streams already do (counted by the caller, which answers the call). A stream that cannot be opened
+        at all (``max_connections`` reached with no connection to spare) is failed through
+        ``handler.upstream_failed``."""
+        host = self.pick(key, avoid)
+        connections = self.connections
+        for connection in connections:
+            if connection.host is host and connection.capacity > 0:
+                connection.open_stream(handler, headers, end_stream)
+                return host
+        if len(self.waiting) >= self.cluster.breakers.max_pending_requests:
+            return None
+        if any(connection.host is host for connection in self.connecting):
+            self.waiting.append(Waiting(handler, headers, end_stream, host))
+            return host
+        if self.cluster.connection_allowed():
+            self.waiting.append(Waiting(handler, headers, end_stream, host))
+            self._dial(host)
+            return host
+        # max_connections is reached: rather than fail the call, carry it on another host's connection.
+        for connection in connections:
             if connection.capacity > 0:
                 connection.open_stream(handler, headers, end_stream)
-                return
-        self.waiting.append((handler, headers, end_stream))
-        if not self.connecting:
-            self._dial()
+                return connection.host
+        if connections:  # all full: the first stream to end anywhere makes room
+            self.waiting.append(Waiting(handler, headers, end_stream, None))
+            return host
+        handler.upstream_failed("upstream overflow: circuit breaker max_connections (meshproxy)")
+        return host
 
     def pump_client_later(self, handler: Any) -> None:
         """Forward a call's response DATA once the current upstream read is processed, all of it together."""
@@ -368,21 +456,11 @@ class H2UpstreamPool:
         for handler in pumps.values():
             handler.pump_client()
 
-    def must_wait(self) -> bool:
-        """Whether a new stream would have to wait (no open connection has room)."""
-        return not any(connection.capacity > 0 for connection in self.connections)
-
     def cancel_waiting(self, handler: UpstreamStream) -> None:
-        self.waiting = deque(entry for entry in self.waiting if entry[0] is not handler)
+        if self.waiting:
+            self.waiting = deque(entry for entry in self.waiting if entry.handler is not handler)
 
-    def _dial(self) -> None:
-        if not self.cluster.connection_allowed():
-            if not self.connections:  # nothing will ever free room for them
-                waiting, self.waiting = self.waiting, deque()
-                for handler, _, _ in waiting:
-                    handler.upstream_failed("upstream overflow: circuit breaker max_connections (meshproxy)")
-            return
-        host = self.cluster.pick()
+    def _dial(self, host: Host) -> None:
         connection = H2UpstreamConnection(self, host)
         self.connecting.append(connection)
         task = self.loop.create_task(self._connect(connection))
@@ -413,9 +491,12 @@ class H2UpstreamPool:
             cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
             reason = "connect timeout" if isinstance(error, TimeoutError) else (error.strerror or str(error))
             log.warning("cluster %s: cannot reach %s: %s", cluster.name, host.name, reason)
-            waiting, self.waiting = self.waiting, deque()
-            for handler, _, _ in waiting:
-                handler.upstream_failed(f"upstream connect error: {reason}")
+            # The streams that picked this host fail (a retry picks another host); the others wait on.
+            failed = [entry for entry in self.waiting if entry.host is host]
+            if failed:
+                self.waiting = deque(entry for entry in self.waiting if entry.host is not host)
+            for entry in failed:
+                entry.handler.upstream_failed(f"upstream connect error: {reason}")
             return
         self.connecting.remove(connection)
         cluster.report(host, Outcome.SUCCESS)
@@ -427,17 +508,48 @@ class H2UpstreamPool:
         self.connection_ready(connection)
 
     def connection_ready(self, connection: H2UpstreamConnection) -> None:
-        """A connection has room (connected, settings changed, a stream ended): start waiting streams."""
-        while self.waiting:
-            target = connection if connection.capacity > 0 else next(
-                (c for c in self.connections if c.capacity > 0), None
+        """A connection may have room (connected, settings changed, a stream ended, another one said GOAWAY):
+        start the streams waiting for its host (or for any host) on the connections to that host with room,
+        and dial one more to it when some still wait."""
+        if not self.waiting:
+            return
+        host = connection.host
+        mine = [entry for entry in self.waiting if entry.host is host or entry.host is None]
+        if not mine:
+            return
+        started = 0
+        target: H2UpstreamConnection | None = connection if connection.capacity > 0 else None
+        for entry in mine:
+            if target is None or target.capacity <= 0:
+                target = next((c for c in self.connections if c.host is host and c.capacity > 0), None)
+                if target is None:
+                    break
+            started += 1
+            target.open_stream(entry.handler, entry.headers, entry.end_stream)
+        if started:
+            done = {id(entry) for entry in mine[:started]}
+            self.waiting = deque(entry for entry in self.waiting if id(entry) not in done)
+        rest = [entry for entry in mine[started:] if entry.host is not None]
+        if rest and not any(c.host is host for c in self.connecting):
+            if self.cluster.connection_allowed():
+                self._dial(host)
+            else:
+                self._strand(host, rest)
+
+    def _strand(self, host: Host, entries: list[Waiting]) -> None:
+        """Streams waiting for ``host``, which gets no new connection (``max_connections``): unless a
+        connection to it will make room, they wait for room anywhere, or fail when there is no connection."""
+        if any(c.host is host and not c.goaway and not c.closed for c in self.connections):
+            return
+        stranded = {id(entry) for entry in entries}
+        if self.connections:
+            self.waiting = deque(
+                entry._replace(host=None) if id(entry) in stranded else entry for entry in self.waiting
             )
-            if target is None:
-                if not self.connecting:
-                    self._dial()
-                return
-            handler, headers, end_stream = self.waiting.popleft()
-            target.open_stream(handler, headers, end_stream)
+        else:
+            self.waiting = deque(entry for entry in self.waiting if id(entry) not in stranded)
+            for entry in entries:
+                entry.handler.upstream_failed("upstream overflow: circuit breaker max_connections (meshproxy)")
 
     def stream_finished(self, connection: H2UpstreamConnection) -> None:
         if connection.goaway and not connection.streams:
@@ -451,6 +563,8 @@ class H2UpstreamPool:
             self.cluster.stats.upstream_cx_active.dec()
             connection.host.stats.cx_active.dec()
             self.cluster.stats.upstream_cx_destroy_remote.inc()
+        if self.waiting:  # streams that waited for room on it need another connection to its host
+            self.connection_ready(connection)
 
     def close(self) -> None:
         """Drain: every connection says GOAWAY and closes when its streams are done."""
