@@ -17,8 +17,19 @@ The client's connection and the upstream connection live separate lives, as in a
 - **``Expect: 100-continue`` is answered here**, once the requests ahead of it are answered: the request is
   only forwarded whole (filters need its body), so the client must be told to send it. The server's own
   interim ``100`` is then dropped: the client has had one.
-- **A failed upstream answers the one request**, not the connection: 503 when the server cannot be reached
-  or resets before answering, 504 after ``upstream_timeout``; the client's connection stays open.
+- **Every request is balanced on its own** (``cluster.pick(key)`` per request, the key hashed only for
+  ``ring_hash`` / ``maglev``: the table and, for tables in ``partition_keys``, the item's partition key) and
+  goes over a kept-alive connection to the host picked. The session keeps at most one upstream connection
+  per host (``Http1Upstream``), so round robin over three hosts costs three connections, not one per
+  request. Why per session and not Envoy's per-cluster pool shared by all client connections: requests go up
+  one at a time per client connection, so a session never needs two connections to one host, a pool would
+  add ownership hand-over between sessions (and between their drains and closes) to the hot path, and the
+  connections' lifetime stays the client's (``max_connections`` still caps the total; a session closes one
+  of its idle connections to make room before answering 503).
+- **A failed upstream answers the one request**, not the connection: 503 when the server resets before
+  answering, 504 after ``upstream_timeout``; the client's connection stays open. A connection that could
+  not be opened never carried the request, so the request is sent to another host instead (up to
+  ``CONNECT_ATTEMPTS`` hosts); only when none is left is it answered 503.
 
 Bad input (``DecodeError`` from the framing: malformed HTTP, smuggling attempts, a head or body past the
 limits) is counted in ``dynamodb.<prefix>.decoding_error`` and answered with 400, 431 or 413 before the
@@ -39,11 +50,20 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 from meshproxy.cluster.outlier import Outcome, outcome_from_dynamo
-from meshproxy.codecs.dynamo import DynamoResponse, crc32_of, error_response, parse_request, parse_response
+from meshproxy.codecs.dynamo import (
+    DynamoRequest,
+    DynamoResponse,
+    crc32_of,
+    error_response,
+    parse_request,
+    parse_response,
+)
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
 from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse
-from meshproxy.transport.relay import Relay, _UpstreamProtocol
+from meshproxy.lb import MaglevBalancer, RingHashBalancer
+from meshproxy.transport.http1_upstream import Http1Upstream
+from meshproxy.transport.relay import Relay
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Host
@@ -65,38 +85,29 @@ _DECODE_ERROR_STATUS = {"head_too_large": 431, "body_too_large": 413}
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive"})
 """Response headers about the upstream connection, which the client's connection does not share."""
 
+CONNECT_ATTEMPTS = 3
+"""Hosts a request is offered to when connections cannot be opened (it never left the proxy, so trying
+another host is safe for any operation); then it is answered 503."""
 
-class _SessionUpstream(_UpstreamProtocol):
-    """An upstream connection of a DynamoDB session; once detached, its late callbacks are ignored."""
-
-    __slots__ = ("detached",)
-
-    def __init__(self, relay: Relay) -> None:
-        super().__init__(relay)
-        self.detached = False
-
-    def data_received(self, data: bytes) -> None:
-        if not self.detached:
-            super().data_received(data)
-
-    def eof_received(self) -> bool:
-        return False if self.detached else super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.detached:
-            super().connection_lost(exc)
+_KEY_ATTRIBUTE = {"GetItem": "Key", "UpdateItem": "Key", "DeleteItem": "Key", "PutItem": "Item"}
+"""Operations whose partition key value is hashed, and where their body holds it."""
 
 
 class _InFlight:
     """The request that is upstream now, and what answering it needs."""
 
-    __slots__ = ("deadline_ns", "op", "request")
+    __slots__ = ("attempts", "conn", "deadline_ns", "host", "op", "request")
 
-    def __init__(self, op: DynamoOperation, request: HttpRequest, deadline_ns: int) -> None:
+    def __init__(self, op: DynamoOperation, request: HttpRequest, deadline_ns: int, host: Host) -> None:
         self.op = op
         self.request = request
         self.deadline_ns = deadline_ns
         """When it times out (``time.monotonic_ns``); 0: never."""
+        self.host = host
+        """Where it went: its ``rq_active`` is this host's until it is answered."""
+        self.conn: Http1Upstream = None  # type: ignore[assignment]  # set as soon as it has a connection
+        self.attempts = 1
+        """Hosts it was offered to (a connect failure offers it to another)."""
 
 
 class DynamoSession(Relay):
@@ -113,14 +124,20 @@ class DynamoSession(Relay):
         assert stats is not None
         self.config = config
         self.request_decoder = Http1RequestDecoder(config.max_header_size, config.max_body_size)
-        self.response_decoder = Http1ResponseDecoder(config.max_header_size, config.max_body_size)
         self.filters: list[DynamoFilter] = listener.dynamo_filters
         self.session_stats = stats
         self.queue: deque[HttpRequest] = deque()
         self.queued_bytes = 0
         self.in_flight: _InFlight | None = None
         self.passthrough = False
-        self._upstream: _SessionUpstream | None = None
+        self._conns: dict[tuple[str, int], Http1Upstream] = {}
+        """Open (or dialling) upstream connections by host address, at most one per host; all idle but the
+        one carrying ``in_flight``."""
+        self._current: Http1Upstream | None = None
+        """The connection of the request upstream now (or of the last one); ``up_transport`` is its transport,
+        so ``Relay``'s backpressure and half-close reach it."""
+        self._hashing = isinstance(self.cluster.balancer, (RingHashBalancer, MaglevBalancer))
+        """Only these balancers read a key: the others are not charged for building one."""
         self._delay_handle: asyncio.TimerHandle | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         """One timer per connection, not one per request: arming and cancelling a loop timer costs more than
@@ -250,23 +267,66 @@ class DynamoSession(Relay):
 
     def _forward(self, op: DynamoOperation, request: HttpRequest) -> None:
         cluster = self.cluster
-        if not cluster.request_allowed() or (
-            self.up_transport is None and not self.dialling and not cluster.connection_allowed()
-        ):
+        if not cluster.request_allowed():
             # Circuit breaker: answered here (503, which SDKs retry with back-off) instead of queueing.
             self._proxy_error(op, request, 503, "upstream overflow (circuit breaker)")
             return
+        host = cluster.pick(_hash_key(op.request, self.config.partition_keys) if self._hashing else None)
+        conn = self._conn_to(host)
+        if conn is None:
+            self._proxy_error(op, request, 503, "upstream overflow (circuit breaker)")
+            return
         timeout_ns = self._timeout_ns
-        self.in_flight = _InFlight(op, request, _now_ns() + timeout_ns if timeout_ns else 0)
+        in_flight = self.in_flight = _InFlight(op, request, _now_ns() + timeout_ns if timeout_ns else 0, host)
         if timeout_ns and self._timeout_handle is None:
             self._timeout_handle = self.loop.call_later(timeout_ns / 1e9, self._check_timeout)
-        if self.up_transport is None and not self.dialling:
-            self.dial()
-        if self.closed:
-            return
-        self.requests_started()
-        self.response_decoder.expect_response(head=request.method == b"HEAD")
-        self.send_upstream(request.raw)
+        stats = cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        self._send(in_flight, conn)
+
+    def _conn_to(self, host: Host) -> Http1Upstream | None:
+        """This session's connection to ``host``: the kept-alive one, or a new one (dialling). None when the
+        cluster is at ``max_connections`` even after closing one of this session's idle connections."""
+        conn = self._conns.get(host.address)
+        if conn is not None:
+            return conn
+        cluster = self.cluster
+        if cluster.stats.upstream_cx_active.value >= cluster.breakers.max_connections:
+            busy = self.in_flight.conn if self.in_flight is not None else None
+            idle = next((c for c in self._conns.values() if c is not busy), None)
+            if idle is not None:
+                self._drop(idle)  # an idle connection of ours gives its slot to the host asked for now
+        if not cluster.connection_allowed():
+            return None
+        conn = Http1Upstream(
+            self, cluster, host, Http1ResponseDecoder(self.config.max_header_size, self.config.max_body_size)
+        )
+        self._conns[host.address] = conn
+        conn.dial()
+        return conn
+
+    def _send(self, in_flight: _InFlight, conn: Http1Upstream) -> None:
+        """Write the request on ``conn`` (now, or once it is connected), accounted to its host."""
+        host = in_flight.host
+        in_flight.conn = conn
+        host_stats = host.stats
+        host_stats.rq_total.value += 1
+        host_stats.rq_active.value += 1
+        if host is not self.host:
+            self.host = host
+            self.info.upstream = host.name
+        self._current = conn
+        self.up_transport = conn.transport
+        conn.requests += 1
+        conn.decoder.expect_response(head=in_flight.request.method == b"HEAD")
+        conn.write(in_flight.request.raw)
+
+    def send_upstream(self, data: bytes) -> None:
+        """Passthrough only: bytes go on as they are, on the session's current connection."""
+        conn = self._current
+        if conn is not None:
+            conn.write(data)
 
     def _answer_locally(
         self, op: DynamoOperation, request: HttpRequest, reply: LocalResponse, filters: list[DynamoFilter]
@@ -284,47 +344,66 @@ class DynamoSession(Relay):
 
     # -- responses from the server --------------------------------------------------------------------
 
-    def upstream_protocol(self) -> asyncio.Protocol:
-        self._upstream = _SessionUpstream(self)
-        return self._upstream
+    # Http1Upstream's callbacks: each names its connection, which may be the one carrying ``in_flight`` or
+    # an idle one (whose bytes, EOF or loss concern no request).
 
-    def on_upstream_data(self, data: bytes) -> None:
+    def conn_made(self, conn: Http1Upstream) -> None:
+        if conn is self._current:
+            self.up_transport = conn.transport
+            if self.passthrough and self._down_eof and conn.transport is not None and conn.transport.can_write_eof():
+                conn.transport.write_eof()
+
+    def conn_pause_writing(self, conn: Http1Upstream) -> None:
+        if conn is self._current:
+            self.down_transport.pause_reading()
+
+    def conn_resume_writing(self, conn: Http1Upstream) -> None:
+        if conn is self._current:
+            self.down_transport.resume_reading()
+
+    def conn_data(self, conn: Http1Upstream, data: bytes) -> None:
         if self.passthrough:
-            self.send_downstream(data)
+            if conn is self._current:
+                self.send_downstream(data)
+            return
+        in_flight = self.in_flight
+        if in_flight is None or in_flight.conn is not conn:
+            # Nothing was asked on it: a server speaking out of turn. Its bytes cannot belong to any request.
+            self.session_stats.unexpected_response.inc()
+            self._drop(conn)
             return
         try:
-            responses = self.response_decoder.feed(data)
+            responses = conn.decoder.feed(data)
         except DecodeError as error:
-            self._response_decode_failed(error)
+            self._response_decode_failed(conn, error)
             return
         for response in responses:
-            self._upstream_response(response)
+            self._upstream_response(conn, response)
             if self.closed or self.passthrough:
                 return
 
-    def _upstream_response(self, response: HttpResponse) -> None:
+    def _upstream_response(self, conn: Http1Upstream, response: HttpResponse) -> None:
         in_flight = self.in_flight
+        if in_flight is None or in_flight.conn is not conn:
+            self.session_stats.unexpected_response.inc()
+            self._drop(conn)
+            return
         if response.interim:
             # 100 was answered by the proxy already; others (103 Early Hints) pass.
-            if response.status != 100 and in_flight is not None:
+            if response.status != 100:
                 self.send_downstream(response.raw)
             return
-        if in_flight is None:
-            # Nothing was asked: a server speaking out of turn. Its bytes cannot belong to any request.
-            self.session_stats.unexpected_response.inc()
-            self._detach_upstream()
-            return
         self._finish_in_flight(in_flight)
-        host = self.host
         if not response.keep_alive:
-            self._detach_upstream()  # the server closes after this response: the next request re-dials
+            self._drop(conn)  # the server closes after this response: the next request to it re-dials
         parsed = self._respond(in_flight.op, in_flight.request, response, self.filters)
-        self.cluster.report(host, outcome_from_dynamo(parsed.status, parsed.error_type))
+        self.cluster.report(in_flight.host, outcome_from_dynamo(parsed.status, parsed.error_type))
         self._pump()
 
     def _finish_in_flight(self, in_flight: _InFlight) -> None:
         self.in_flight = None
-        self.requests_finished(1)
+        self.cluster.stats.upstream_rq_active.value -= 1
+        in_flight.host.stats.rq_active.value -= 1
 
     def _respond(
         self, op: DynamoOperation, request: HttpRequest, response: HttpResponse, filters: list[DynamoFilter]
@@ -355,55 +434,87 @@ class DynamoSession(Relay):
 
     # -- upstream failures ----------------------------------------------------------------------------
 
-    def _connect_failed(self, host: Host, reason: str) -> None:
+    def conn_failed(self, conn: Http1Upstream, reason: str) -> None:
+        """A connection could not be opened: the request waiting for it never left, so it is offered to
+        another host while attempts and healthy hosts remain; otherwise it is answered 503."""
+        host = conn.host
+        self._forget(conn)
         self.cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
-        cluster = self.cluster
-        cluster.stats.upstream_cx_connect_fail.inc()
-        if self.host is not None:
-            self.host.stats.cx_connect_fail.inc()
         log.warning(
             "listener %s: connection %d from %s: cannot reach upstream %s: %s",
             self.listener.name, self.connection_id, self.info.client, host.name, reason,
         )
-        self._backlog.clear()
-        self._backlog_size = 0
+        in_flight = self.in_flight
+        if in_flight is None or in_flight.conn is not conn or self.closed:
+            if self.passthrough and conn is self._current:
+                self.close(local=True)
+            return
+        if in_flight.attempts < CONNECT_ATTEMPTS:
+            other = self._another_host(in_flight, host)
+            if other is not None:
+                retry = self._conn_to(other)
+                if retry is not None:
+                    in_flight.attempts += 1
+                    host.stats.rq_active.value -= 1
+                    in_flight.host = other
+                    self._send(in_flight, retry)
+                    return
         self._fail_in_flight(503, f"upstream connect error: {reason}", self.session_stats.upstream_connect_error)
 
-    def upstream_eof(self) -> bool:
-        if self.passthrough:
-            return super().upstream_eof()
-        try:
-            responses = self.response_decoder.end_of_stream()  # completes a response framed by the close
-        except DecodeError:
-            responses = []
-        for response in responses:
-            self._upstream_response(response)
-        self._detach_upstream(remote=True)
-        return False
+    def _another_host(self, in_flight: _InFlight, failed: Host) -> Host | None:
+        """A healthy host other than ``failed`` for a request that could not reach it: the balancer's own
+        choice (with the request's key) if that differs, else any healthy one (a key's host being down,
+        the request goes elsewhere, as ring hash would send it once health checking marks the host)."""
+        cluster = self.cluster
+        key = _hash_key(in_flight.op.request, self.config.partition_keys) if self._hashing else None
+        for _ in range(len(cluster.hosts)):
+            host = cluster.pick(key)
+            if host is not failed and host.healthy:
+                return host
+            key = None
+        return next((h for h in cluster.hosts if h is not failed and h.healthy), None)
 
-    def upstream_lost(self, exc: Exception | None) -> None:
+    def conn_eof(self, conn: Http1Upstream) -> None:
         if self.passthrough:
-            super().upstream_lost(exc)
+            if conn is self._current:
+                Relay.upstream_eof(self)
             return
-        self._detach_upstream(remote=True)
+        in_flight = self.in_flight
+        if in_flight is not None and in_flight.conn is conn:
+            try:
+                responses = conn.decoder.end_of_stream()  # completes a response framed by the close
+            except DecodeError:
+                responses = []
+            for response in responses:
+                self._upstream_response(conn, response)
+        self._drop(conn, remote=True)
 
-    def _detach_upstream(self, *, remote: bool = False) -> None:
-        """Forget the current upstream connection (closing it); a request still on it gets a 503."""
-        transport, upstream = self.up_transport, self._upstream
-        if upstream is not None:
-            upstream.detached = True
-        self._upstream = None
-        if transport is not None:
+    def conn_lost(self, conn: Http1Upstream) -> None:
+        self._forget(conn)
+        if self.passthrough:
+            if conn is self._current and not self.closed:
+                self.up_transport = None
+                self.close(local=False)
+            return
+        self._reset_in_flight(conn)
+
+    def _forget(self, conn: Http1Upstream) -> None:
+        if self._conns.get(conn.host.address) is conn:
+            del self._conns[conn.host.address]
+        if conn is self._current:
+            self._current = None
             self.up_transport = None
-            stats = self.cluster.stats
-            stats.upstream_cx_active.dec()
-            if self.host is not None:
-                self.host.stats.cx_active.dec()
-            (stats.upstream_cx_destroy_remote if remote else stats.upstream_cx_destroy_local).inc()
-            transport.close()
-        self.response_decoder = Http1ResponseDecoder(self.config.max_header_size, self.config.max_body_size)
-        if self.in_flight is not None:
-            self.cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE)
+
+    def _drop(self, conn: Http1Upstream, *, remote: bool = False) -> None:
+        """Close ``conn`` and forget it; a request still waiting on it gets a 503."""
+        self._forget(conn)
+        conn.close(remote=remote)
+        self._reset_in_flight(conn)
+
+    def _reset_in_flight(self, conn: Http1Upstream) -> None:
+        in_flight = self.in_flight
+        if in_flight is not None and in_flight.conn is conn:
+            self.cluster.report(in_flight.host, Outcome.LOCAL_ORIGIN_FAILURE)
             self._fail_in_flight(
                 503, "upstream connection closed before the response", self.session_stats.upstream_reset
             )
@@ -418,10 +529,9 @@ class DynamoSession(Relay):
             self._timeout_handle = self.loop.call_later(remaining / 1e9, self._check_timeout)
             return
         self.session_stats.upstream_rq_timeout.inc()
-        self.cluster.report(self.host, Outcome.LOCAL_ORIGIN_FAILURE)
-        self.in_flight = None  # answered below; the connection that owes the response cannot be reused
-        self.requests_finished(1)
-        self._detach_upstream()
+        self.cluster.report(in_flight.host, Outcome.LOCAL_ORIGIN_FAILURE)
+        self._finish_in_flight(in_flight)  # answered below; the connection that owes the response cannot be reused
+        self._drop(in_flight.conn)
         self._proxy_error(in_flight.op, in_flight.request, 504, "upstream request timeout")
         self._pump()
 
@@ -464,25 +574,19 @@ class DynamoSession(Relay):
         else:
             self._settle()
 
-    def _response_decode_failed(self, error: DecodeError) -> None:
+    def _response_decode_failed(self, conn: Http1Upstream, error: DecodeError) -> None:
         self.session_stats.decoding_error.inc()
         log.warning(
-            "listener %s: connection %d: undecodable response from upstream (%s); answering 502",
-            self.listener.name, self.connection_id, error,
+            "listener %s: connection %d: undecodable response from upstream %s (%s); answering 502",
+            self.listener.name, self.connection_id, conn.host.name, error,
         )
         in_flight = self.in_flight
-        self._detach_upstream_quietly()
         if in_flight is not None:
             self._finish_in_flight(in_flight)
+        self._drop(conn)
+        if in_flight is not None:
             self._proxy_error(in_flight.op, in_flight.request, 502, f"invalid response from upstream: {error}")
             self._pump()
-
-    def _detach_upstream_quietly(self) -> None:
-        in_flight, self.in_flight = self.in_flight, None
-        try:
-            self._detach_upstream()
-        finally:
-            self.in_flight = in_flight
 
     def _start_passthrough(self, before: list[HttpRequest], leftover: bytes) -> None:
         """Stop decoding: what is queued and what follows goes upstream as it is, and answers come back as
@@ -495,9 +599,21 @@ class DynamoSession(Relay):
         self.queue.clear()
         self.queued_bytes = 0
         if self.in_flight is not None:
-            self._finish_in_flight(self.in_flight)
-        if self.up_transport is None and not self.dialling:
-            self.dial()
+            self._finish_in_flight(self.in_flight)  # its response comes back as bytes on its connection
+        for conn in list(self._conns.values()):
+            if conn is not self._current:
+                self._drop(conn)
+        if self._current is None:
+            if not self.cluster.connection_allowed():
+                self.close(local=True)
+                return
+            host = self.cluster.pick()
+            self.host = host
+            self.info.upstream = host.name
+            self._current = self._conns[host.address] = Http1Upstream(
+                self, self.cluster, host, Http1ResponseDecoder(self.config.max_header_size, self.config.max_body_size)
+            )
+            self._current.dial()
         if data:
             self.send_upstream(data)
 
@@ -540,23 +656,17 @@ class DynamoSession(Relay):
             self._timeout_handle = None
         in_flight = self.in_flight
         if in_flight is not None:
-            self.requests_finished(1)
-            self.in_flight = None
+            self._finish_in_flight(in_flight)
         active = (1 if in_flight is not None else 0) + len(self.queue)
         for f in self.filters:
             f.on_connection_close(self.info, active_operations=active, local=local)
         self.queue.clear()
-        if self._upstream is not None:
-            self._upstream.detached = True
-            if self.up_transport is not None:
-                stats = self.cluster.stats
-                stats.upstream_cx_active.dec()
-                if self.host is not None:
-                    self.host.stats.cx_active.dec()
-                if local:
-                    stats.upstream_cx_destroy_local.inc()
-                self.up_transport.close()
-                self.up_transport = None
+        conns = list(self._conns.values())
+        self._conns.clear()
+        self._current = None
+        self.up_transport = None  # closed here, with the others, not again by ``Relay.close``
+        for conn in conns:
+            conn.close()
 
 
 def _reason(status: int) -> bytes:
@@ -600,3 +710,24 @@ def _rejection(op: DynamoOperation) -> LocalResponse | None:
     else:
         return None
     return LocalResponse(status, tuple(headers), body)
+
+
+def _hash_key(request: DynamoRequest, partition_keys: dict[str, str]) -> bytes | None:
+    """What ``ring_hash`` and ``maglev`` hash for a request: its table, plus, for a table listed in
+    ``partition_keys``, the partition key value of its ``Key`` (``GetItem``, ``UpdateItem``, ``DeleteItem``)
+    or ``Item`` (``PutItem``), so one item's requests meet on one host. None (any host) without a table."""
+    tables = request.tables
+    if len(tables) != 1:
+        return "\x00".join(tables).encode() if tables else None
+    table = tables[0]
+    attribute = partition_keys.get(table)
+    document = request.document
+    if attribute is not None and document is not None and request.operation is not None:
+        where = _KEY_ATTRIBUTE.get(request.operation)
+        key = document.get(where) if where is not None else None
+        value = key.get(attribute) if type(key) is dict else None
+        if type(value) is dict and len(value) == 1:
+            ((kind, scalar),) = value.items()
+            if type(scalar) is str:  # S, N (as text), B (base64): the value as sent
+                return f"{table}\x00{kind}\x00{scalar}".encode()
+    return table.encode()
