@@ -109,7 +109,27 @@ class HostStatus:
     rq_total: int = 0
     cx_connect_fail: int = 0
     healthy: bool = True
+    """Whether the balancer may pick it: it passes health checks and is not ejected."""
     weight: int = 1
+    failed_active_health_check: bool = False
+    """Active health checking says unhealthy (Envoy's ``/failed_active_hc``, shown as ``/failed_health_check``)."""
+    ejected: bool = False
+    """Outlier detection has ejected it (``/failed_outlier_check``)."""
+    success_rate: float | None = None
+    """Percent of successful outcomes, ``None`` when there were none to count."""
+    success_rate_source: str = ""
+    """Where ``success_rate`` comes from: ``outlier_detection_interval`` (the last completed interval) or
+    ``lifetime`` (every outcome since the host joined, for clusters without outlier detection)."""
+
+    @property
+    def health_flags(self) -> str:
+        """Envoy's ``health_flags``: ``healthy``, or each reason the host is not picked."""
+        flags = ""
+        if self.failed_active_health_check or (not self.healthy and not self.ejected):
+            flags += "/failed_health_check"
+        if self.ejected:
+            flags += "/failed_outlier_check"
+        return flags or "healthy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,9 +506,13 @@ class AdminServer:
                     f"{prefix}cx_connect_fail::{host.cx_connect_fail}",
                     f"{prefix}rq_active::{host.rq_active}",
                     f"{prefix}rq_total::{host.rq_total}",
-                    f"{prefix}health_flags::{'healthy' if host.healthy else '/failed_health_check'}",
+                    f"{prefix}health_flags::{host.health_flags}",
                     f"{prefix}weight::{host.weight}",
+                    # Envoy prints -1 when there is no rate to show
+                    f"{prefix}success_rate::{-1 if host.success_rate is None else round(host.success_rate, 3)}",
                 ]
+                if host.success_rate_source:
+                    lines.append(f"{prefix}success_rate_source::{host.success_rate_source}")
         return AdminResponse(200, "".join(line + "\n" for line in lines))
 
     def _ready(self, request: AdminRequest) -> AdminResponse:
@@ -531,8 +555,16 @@ def _cluster_json(cluster: ClusterStatus) -> dict[str, Any]:
                     {"name": "rq_active", "value": host.rq_active, "type": "GAUGE"},
                     {"name": "rq_total", "value": host.rq_total, "type": "COUNTER"},
                 ],
-                "health_status": {"healthy": host.healthy},
+                "health_status": {
+                    "healthy": host.healthy,
+                    "failed_active_health_check": host.failed_active_health_check,
+                    "failed_outlier_check": host.ejected,
+                },
                 "weight": host.weight,
+                "success_rate": {
+                    "value": None if host.success_rate is None else round(host.success_rate, 3),
+                    "source": host.success_rate_source or None,
+                },
             }
             for host in cluster.hosts
         ],

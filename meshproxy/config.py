@@ -530,9 +530,44 @@ class CircuitBreakersConfig(_Model):
     """Retries in flight at once (``upstream_rq_retry_overflow``)."""
 
 
+class DnsDiscoveryConfig(_Model):
+    """Hosts from a DNS name, re-resolved every ``refresh_interval`` (Envoy's ``STRICT_DNS``): every A/AAAA
+    record becomes a host on ``port``; a failed lookup keeps the hosts of the last good one."""
+
+    name: str = Field(min_length=1)
+    """The name to resolve, e.g. ``db.internal``."""
+    port: Annotated[int, Field(ge=1, le=65535)]
+    refresh_interval: Annotated[Duration, Field(gt=0)] = 5.0
+    lookup_family: Literal["all", "v4_only", "v6_only"] = "all"
+    """Which records become hosts: both A and AAAA (``all``), A only, or AAAA only."""
+
+
+class HostsFileConfig(_Model):
+    """Hosts from a YAML or JSON file (a list of ``"host:port"`` or ``{address, weight}`` entries), read
+    again whenever it changes; a broken file keeps the last good hosts. A plain string is the ``path``."""
+
+    path: str = Field(min_length=1)
+    """Relative paths are relative to the proxy's working directory."""
+    refresh_interval: Annotated[Duration, Field(gt=0)] = 1.0
+    """How often the file is polled (its size, modification time and, when in doubt, its content)."""
+
+
+def _path_mapping(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+HOST_SOURCES = ("hosts", "dns", "hosts_file")
+"""Where a cluster's hosts come from; a cluster names exactly one."""
+
+
 class ClusterConfig(_Model):
     name: str
-    hosts: list[Address] = Field(min_length=1)
+    hosts: list[Address] = Field(default_factory=list)
+    """Static hosts. Exactly one of ``hosts``, ``dns`` and ``hosts_file`` gives a cluster its hosts."""
+    dns: DnsDiscoveryConfig | None = None
+    """Hosts from DNS, re-resolved on an interval (docs/clusters.md#host-discovery)."""
+    hosts_file: Annotated[HostsFileConfig | None, BeforeValidator(_path_mapping)] = None
+    """Hosts from a file watched for changes (docs/clusters.md#host-discovery)."""
     connect_timeout: Duration = 5.0
     tls: TlsClientConfig | None = None
     """Connect to the hosts over TLS."""
@@ -545,6 +580,25 @@ class ClusterConfig(_Model):
     outlier_detection: OutlierDetectionConfig | None = None
     """Eject hosts whose requests fail; ``{}`` turns it on with Envoy's defaults."""
     circuit_breakers: CircuitBreakersConfig = CircuitBreakersConfig()
+
+    @model_validator(mode="after")
+    def _one_source_of_hosts(self) -> ClusterConfig:
+        """Exactly one source of hosts, so that it is never a question which one wins at runtime."""
+        present = {
+            "hosts": bool(self.hosts) or "hosts" in self.model_fields_set,
+            "dns": self.dns is not None,
+            "hosts_file": self.hosts_file is not None,
+        }
+        given = [source for source in HOST_SOURCES if present[source]]
+        if not given:
+            raise _LocatedError([(("hosts",), "required: give the cluster hosts, dns or hosts_file")])
+        if len(given) > 1:
+            raise _LocatedError(
+                [((given[1],), f"give only one of hosts, dns and hosts_file (this cluster has {' and '.join(given)})")]
+            )
+        if given == ["hosts"] and not self.hosts:
+            raise _LocatedError([(("hosts",), "expected at least 1 item(s), got none")])
+        return self
 
 
 class AdminConfig(_Model):

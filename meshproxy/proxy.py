@@ -23,8 +23,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from meshproxy.admin import AdminRequest, AdminResponse, AdminServer, AdminState, ClusterStatus, HostStatus, Route
-from meshproxy.cluster import Cluster
+from meshproxy.cluster import Cluster, Host
 from meshproxy.cluster.cluster import health_checker
+from meshproxy.cluster.discovery import Discovery, DnsDiscovery, HostsFileDiscovery, Resolver, discovery_for
 from meshproxy.cluster.health import HealthChecker
 from meshproxy.config import MeshConfig
 from meshproxy.filters.dynamo.stats import DynamoStatsFilter
@@ -47,11 +48,21 @@ def uvloop_available() -> bool:
 class Proxy:
     """Listeners, clusters and the admin endpoint described by one configuration."""
 
-    def __init__(self, config: MeshConfig, *, stats: StatsStore | None = None) -> None:
+    def __init__(
+        self, config: MeshConfig, *, stats: StatsStore | None = None, resolver: Resolver | None = None
+    ) -> None:
+        """``resolver`` replaces the system's DNS lookups for clusters with ``dns`` (tests, service code)."""
         self.config = config
         self.stats = stats if stats is not None else StatsStore()
         self.state = AdminState()
         self.clusters = {c.name: Cluster.from_config(c, self.stats) for c in config.clusters}
+        self.discoveries: dict[str, Discovery] = {}
+        for cluster_config in config.clusters:
+            discovery = discovery_for(self.clusters[cluster_config.name], cluster_config, resolver)
+            if discovery is not None:
+                self.discoveries[cluster_config.name] = discovery
+            if isinstance(discovery, HostsFileDiscovery):
+                discovery.update(force=True)  # a file is read at once; DNS waits for the event loop
         self.listeners = {
             lc.name: ListenerRuntime(
                 lc,
@@ -75,6 +86,11 @@ class Proxy:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         try:
+            # DNS clusters get their first answer before any client can arrive (Envoy's cluster warming);
+            # a failed first lookup leaves the cluster without hosts until a later one succeeds.
+            for discovery in self.discoveries.values():
+                if isinstance(discovery, DnsDiscovery):
+                    await discovery.update()
             for listener in self.listeners.values():
                 await listener.start()
             for cluster_config in self.config.clusters:
@@ -87,6 +103,8 @@ class Proxy:
                     checker = health_checker(self.clusters[cluster_config.name], cluster_config.health_check)
                     self.health_checkers[cluster_config.name] = checker
                     self._task_group.start_soon(checker.run, name=f"health checks of {cluster_config.name}")
+            for name, discovery in self.discoveries.items():
+                self._task_group.start_soon(discovery.run, name=f"host discovery of {name}")
             if self.config.admin is not None:
                 self.admin = AdminServer(
                     self.stats,
@@ -165,22 +183,10 @@ class Proxy:
         return AdminResponse.json(view)
 
     def cluster_status(self) -> list[ClusterStatus]:
+        """What ``/clusters`` shows: every current host (hosts discovery removed are gone from it even while
+        requests on them finish) with its health, ejection, weight, load and success rate."""
         return [
-            ClusterStatus(
-                name=cluster.name,
-                hosts=[
-                    HostStatus(
-                        address=host.name,
-                        cx_active=int(host.stats.cx_active.value),
-                        rq_active=int(host.stats.rq_active.value),
-                        rq_total=host.stats.rq_total.value,
-                        cx_connect_fail=host.stats.cx_connect_fail.value,
-                        healthy=host.healthy,
-                        weight=host.weight,
-                    )
-                    for host in cluster.hosts
-                ],
-            )
+            ClusterStatus(name=cluster.name, hosts=[_host_status(cluster, host) for host in list(cluster.hosts)])
             for cluster in self.clusters.values()
         ]
 
@@ -191,6 +197,23 @@ class Proxy:
             "admin": list(self.admin_address) if self.admin_address else None,
         }
         return dump
+
+
+def _host_status(cluster: Cluster, host: Host) -> HostStatus:
+    rate, source = cluster.success_rate(host)
+    return HostStatus(
+        address=host.name,
+        cx_active=int(host.stats.cx_active.value),
+        rq_active=host.active_requests,
+        rq_total=host.stats.rq_total.value,
+        cx_connect_fail=host.stats.cx_connect_fail.value,
+        healthy=host.healthy,
+        weight=host.weight,
+        failed_active_health_check=not host.passes_health_checks,
+        ejected=host.ejected,
+        success_rate=rate,
+        success_rate_source=source,
+    )
 
 
 async def _tick_outlier_detection(cluster: Cluster, interval: float) -> None:

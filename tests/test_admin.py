@@ -90,8 +90,12 @@ def _clusters() -> list[ClusterStatus]:
         ClusterStatus(
             "backend",
             [
-                HostStatus("127.0.0.1:27017", cx_active=2, rq_active=1, rq_total=40, cx_connect_fail=3),
-                HostStatus("10.0.0.2:27018", healthy=False),
+                HostStatus(
+                    "127.0.0.1:27017", cx_active=2, rq_active=1, rq_total=40, cx_connect_fail=3, weight=3,
+                    success_rate=97.5, success_rate_source="outlier_detection_interval",
+                ),
+                HostStatus("10.0.0.2:27018", healthy=False, failed_active_health_check=True),
+                HostStatus("10.0.0.3:27018", healthy=False, ejected=True, success_rate_source="lifetime"),
             ],
         )
     ]
@@ -204,13 +208,24 @@ async def test_clusters_prints_cluster_host_stat_value_lines() -> None:
         "backend::127.0.0.1:27017::rq_active::1",
         "backend::127.0.0.1:27017::rq_total::40",
         "backend::127.0.0.1:27017::health_flags::healthy",
-        "backend::127.0.0.1:27017::weight::1",
+        "backend::127.0.0.1:27017::weight::3",
+        "backend::127.0.0.1:27017::success_rate::97.5",
+        "backend::127.0.0.1:27017::success_rate_source::outlier_detection_interval",
         "backend::10.0.0.2:27018::cx_active::0",
         "backend::10.0.0.2:27018::cx_connect_fail::0",
         "backend::10.0.0.2:27018::rq_active::0",
         "backend::10.0.0.2:27018::rq_total::0",
         "backend::10.0.0.2:27018::health_flags::/failed_health_check",
         "backend::10.0.0.2:27018::weight::1",
+        "backend::10.0.0.2:27018::success_rate::-1",
+        "backend::10.0.0.3:27018::cx_active::0",
+        "backend::10.0.0.3:27018::cx_connect_fail::0",
+        "backend::10.0.0.3:27018::rq_active::0",
+        "backend::10.0.0.3:27018::rq_total::0",
+        "backend::10.0.0.3:27018::health_flags::/failed_outlier_check",
+        "backend::10.0.0.3:27018::weight::1",
+        "backend::10.0.0.3:27018::success_rate::-1",
+        "backend::10.0.0.3:27018::success_rate_source::lifetime",
     ]
 
 
@@ -219,12 +234,22 @@ async def test_clusters_json_has_envoys_shape() -> None:
         reply = await get(address, "/clusters?format=json")
     (cluster,) = json.loads(reply.body)["cluster_statuses"]
     assert cluster["name"] == "backend"
-    first, second = cluster["host_statuses"]
+    first, second, third = cluster["host_statuses"]
     assert first["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 27017}}
     assert {s["name"]: s["value"] for s in first["stats"]} == {
         "cx_active": 2, "cx_connect_fail": 3, "rq_active": 1, "rq_total": 40,
     }
-    assert (first["health_status"], second["health_status"]) == ({"healthy": True}, {"healthy": False})
+    assert [h["health_status"] for h in (first, second, third)] == [
+        {"healthy": True, "failed_active_health_check": False, "failed_outlier_check": False},
+        {"healthy": False, "failed_active_health_check": True, "failed_outlier_check": False},
+        {"healthy": False, "failed_active_health_check": False, "failed_outlier_check": True},
+    ]
+    assert [h["weight"] for h in (first, second, third)] == [3, 1, 1]
+    assert [h["success_rate"] for h in (first, second, third)] == [
+        {"value": 97.5, "source": "outlier_detection_interval"},
+        {"value": None, "source": None},
+        {"value": None, "source": "lifetime"},
+    ]
 
 
 async def test_ready_reports_each_server_state() -> None:

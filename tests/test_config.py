@@ -422,7 +422,7 @@ def test_a_dangling_cluster_reference_is_reported_together_with_field_errors_in_
     assert load_error(tmp_path, text).splitlines() == [
         f"{path}:4:5: listeners[0].cluster: unknown cluster 'mongodb' (defined clusters: mongo)",
         f"{path}:8:5: clusters[0].colour: unknown field 'colour' "
-        "(known fields: name, hosts, connect_timeout, tls, lb_policy, panic_threshold, "
+        "(known fields: name, hosts, dns, hosts_file, connect_timeout, tls, lb_policy, panic_threshold, "
         "health_check, outlier_detection, circuit_breakers)",
         f"{path}:9:1: drain_timeout: 'soon' is not a duration such as '250ms', '5s', '2m' or a number of seconds",
     ]

@@ -3,13 +3,19 @@
 Sessions only ever ask ``pick()`` for a host; the policy (``lb_policy``: round robin, least request,
 random, ring hash, maglev, from ``meshproxy.lb``) and the health of each host decide which. Whoever changes a
 host's health (health checking, outlier detection) calls ``refresh()`` so the balancer sees it.
+
+The host set may change at runtime (``set_hosts``: DNS and file discovery in ``meshproxy.cluster.discovery``).
+``hosts`` is then updated in place, so whoever holds the list sees the new members; hosts that stay are the
+same objects and keep their health, ejection and stats; hosts that leave only stop being picked, and the
+sessions that hold them finish on them.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +43,8 @@ from meshproxy.lb import (
 from meshproxy.stats import Counter, Gauge, StatsStore
 from meshproxy.transport.tls import client_context
 
+log = logging.getLogger("meshproxy.cluster")
+
 
 @dataclass(slots=True)
 class HostStats:
@@ -45,6 +53,10 @@ class HostStats:
     cx_connect_fail: Counter
     rq_total: Counter
     rq_active: Gauge
+    rq_success: Counter = field(default_factory=Counter)
+    """Outcomes the sessions reported as success (``Cluster.report``), with or without outlier detection."""
+    rq_error: Counter = field(default_factory=Counter)
+    """Outcomes the sessions reported as any kind of failure."""
 
 
 @dataclass(slots=True)
@@ -93,6 +105,17 @@ class ClusterStats:
     upstream_cx_overflow: Counter
     upstream_rq_pending_overflow: Counter
     upstream_rq_overflow: Counter
+    upstream_cx_none_healthy: Counter
+    """Picks made while the cluster had no host at all (a DNS name not resolved yet, an empty hosts file)."""
+    membership_change: Counter
+    membership_total: Gauge
+    membership_healthy: Gauge
+    """Hosts that pass health checks and are not ejected (Envoy's ``membership_healthy``)."""
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    update_no_rebuild: Counter
+    """Discovery answers that changed nothing."""
 
 
 def _cluster_stats(stats: StatsStore, name: str) -> ClusterStats:
@@ -119,6 +142,46 @@ def _cluster_stats(stats: StatsStore, name: str) -> ClusterStats:
         upstream_cx_overflow=counter("upstream_cx_overflow"),
         upstream_rq_pending_overflow=counter("upstream_rq_pending_overflow"),
         upstream_rq_overflow=counter("upstream_rq_overflow"),
+        upstream_cx_none_healthy=counter("upstream_cx_none_healthy"),
+        membership_change=counter("membership_change"),
+        membership_total=gauge("membership_total"),
+        membership_healthy=gauge("membership_healthy"),
+        update_attempt=counter("update_attempt"),
+        update_success=counter("update_success"),
+        update_failure=counter("update_failure"),
+        update_no_rebuild=counter("update_no_rebuild"),
+    )
+
+
+def _host(stats: StatsStore, cluster: str, address: tuple[str, int], weight: int = 1) -> Host:
+    """A host with its per-host stats registered (a host that comes back gets its old counters again)."""
+    host_name = f"{address[0]}:{address[1]}"
+    labels = {"cluster": cluster, "host": host_name}
+
+    def counter(stat: str) -> Counter:
+        return stats.counter(
+            f"cluster.{cluster}.host.{host_name}.{stat}",
+            prom=f"meshproxy_cluster_host_{stat.removesuffix('_total')}",
+            labels=labels,
+        )
+
+    def gauge(stat: str) -> Gauge:
+        return stats.gauge(
+            f"cluster.{cluster}.host.{host_name}.{stat}", prom=f"meshproxy_cluster_host_{stat}", labels=labels
+        )
+
+    return Host(
+        address=address,
+        weight=weight,
+        stats=HostStats(
+            cx_total=counter("cx_total"),
+            cx_active=gauge("cx_active"),
+            cx_connect_fail=counter("cx_connect_fail"),
+            rq_total=counter("rq_total"),
+            rq_active=gauge("rq_active"),
+            rq_success=counter("rq_success"),
+            rq_error=counter("rq_error"),
+        ),
     )
 
 
@@ -137,48 +200,21 @@ class Cluster:
     """For byte relays, Mongo and DynamoDB sessions; the HTTP/2 pool makes its own (ALPN h2)."""
     balancer: Balancer[Host] | None = field(default=None, repr=False)
     breakers: CircuitBreakersConfig = field(default_factory=CircuitBreakersConfig)
+    """Built from ``lb_policy`` by ``from_config``; None: hosts in turn, healthy ones first."""
     outlier: OutlierDetector | None = field(default=None, repr=False)
     """Outlier detection, when the cluster's config has ``outlier_detection``; sessions ``report`` to it."""
-    """Built from ``lb_policy`` by ``from_config``; None: hosts in turn, healthy ones first."""
+    health: HealthChecker | None = field(default=None, repr=False)
+    """Active health checking, once ``health_checker`` made one: ``set_hosts`` tells it who joined or left."""
     h2_pool: Any = field(default=None, repr=False)
     """The cluster's HTTP/2 connection pool (``meshproxy.transport.h2_upstream.H2UpstreamPool``), made by the
     first gRPC listener that forwards to the cluster and shared by every other one."""
     _next: int = field(default=0, repr=False)
+    _unreachable: Host | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: ClusterConfig, stats: StatsStore) -> Cluster:
-        hosts = []
-        for address in config.hosts:
-            host_name = f"{address[0]}:{address[1]}"
-            labels = {"cluster": config.name, "host": host_name}
-
-            def counter(stat: str, labels: dict[str, str] = labels, host_name: str = host_name) -> Counter:
-                return stats.counter(
-                    f"cluster.{config.name}.host.{host_name}.{stat}",
-                    prom=f"meshproxy_cluster_host_{stat.removesuffix('_total')}",
-                    labels=labels,
-                )
-
-            def gauge(stat: str, labels: dict[str, str] = labels, host_name: str = host_name) -> Gauge:
-                return stats.gauge(
-                    f"cluster.{config.name}.host.{host_name}.{stat}",
-                    prom=f"meshproxy_cluster_host_{stat}",
-                    labels=labels,
-                )
-
-            hosts.append(
-                Host(
-                    address=address,
-                    stats=HostStats(
-                        cx_total=counter("cx_total"),
-                        cx_active=gauge("cx_active"),
-                        cx_connect_fail=counter("cx_connect_fail"),
-                        rq_total=counter("rq_total"),
-                        rq_active=gauge("rq_active"),
-                    ),
-                )
-            )
-        return cls(
+        hosts = [_host(stats, config.name, address) for address in config.hosts]
+        cluster = cls(
             name=config.name,
             hosts=hosts,
             connect_timeout=config.connect_timeout,
@@ -200,6 +236,8 @@ class Cluster:
                 else client_context(config.tls, alpn=None, where=f"clusters[{config.name}].tls")
             ),
         )
+        cluster._update_membership_gauges()
+        return cluster
 
     def server_hostname(self, host: Host) -> str | None:
         """The name TLS sends and verifies for ``host`` (``tls.sni``, else the host part of its address)."""
@@ -208,12 +246,21 @@ class Cluster:
         return self.tls.sni or host.address[0]
 
     def pick(self, key: bytes | None = None) -> Host:
-        """The host for the next connection or request (``key`` matters to ring hash and maglev)."""
+        """The host for the next connection or request (``key`` matters to ring hash and maglev).
+
+        With no host at all (a DNS name not resolved yet, an empty hosts file) the answer is a placeholder
+        at ``127.0.0.1:0``, which refuses every connection at once: sessions then fail the client the way
+        they fail it for any unreachable host, and ``upstream_cx_none_healthy`` counts it."""
         if self.balancer is not None:
             host = self.balancer.pick(key)
             if host is not None:
                 return host
         candidates = [h for h in self.hosts if h.healthy] or self.hosts
+        if not candidates:
+            self.stats.upstream_cx_none_healthy.inc()
+            if self._unreachable is None:
+                self._unreachable = _host(StatsStore(), self.name, ("127.0.0.1", 0))
+            return self._unreachable
         host = candidates[self._next % len(candidates)]
         self._next += 1
         return host
@@ -222,6 +269,55 @@ class Cluster:
         """Hosts' health or weight changed: rebuild the balancer's view."""
         if self.balancer is not None:
             self.balancer.update(self.hosts)
+        self._update_membership_gauges()
+
+    def _update_membership_gauges(self) -> None:
+        self.stats.membership_total.set(len(self.hosts))
+        self.stats.membership_healthy.set(sum(1 for host in self.hosts if host.healthy))
+
+    def set_hosts(self, members: Iterable[tuple[tuple[str, int], int]]) -> bool:
+        """Make ``(address, weight)`` pairs the cluster's hosts; return whether anything changed.
+
+        Hosts already in the cluster stay the same objects (health, ejection, stats and the connections
+        sessions hold on them all carry on); only their weight follows the new answer. New hosts get their
+        stats and join the balancer, the health checker and outlier detection; hosts that left are no longer
+        picked, while requests already on them finish. ``hosts`` is changed in place."""
+        current = {host.address: host for host in self.hosts}
+        wanted: dict[tuple[str, int], int] = {}
+        for address, weight in members:
+            wanted.setdefault(address, weight)
+        if list(wanted) == [h.address for h in self.hosts] and all(
+            current[a].weight == w for a, w in wanted.items()
+        ):
+            self.stats.update_no_rebuild.inc()
+            return False
+        added = [_host(self.store, self.name, a, w) for a, w in wanted.items() if a not in current]
+        removed = [host for address, host in current.items() if address not in wanted]
+        for address, weight in wanted.items():
+            if address in current:
+                current[address].weight = weight
+        fresh = {host.address: host for host in added}
+        self.hosts[:] = [current.get(address) or fresh[address] for address in wanted]
+        if added or removed:
+            self.stats.membership_change.inc()
+            log.info(
+                "cluster %s: hosts now %s (added %s; removed %s)", self.name,
+                ", ".join(h.name for h in self.hosts) or "none",
+                ", ".join(h.name for h in added) or "none", ", ".join(h.name for h in removed) or "none",
+            )
+        if self.health is not None:
+            for host in removed:
+                self.health.remove_host(host)
+            for host in added:
+                self.health.add_host(host)
+        if self.outlier is not None:
+            self.outlier.set_hosts(self.hosts)
+            for host in removed:
+                host.ejected = False  # no longer tracked; a session still on it must not see a stale flag
+            for host in self.hosts:
+                host.ejected = self.outlier.is_ejected(host)
+        self.refresh()
+        return True
 
     def connection_allowed(self) -> bool:
         """Whether one more upstream connection fits ``max_connections`` (counted when it does not)."""
@@ -238,10 +334,26 @@ class Cluster:
         return False
 
     def report(self, host: Host | None, outcome: Outcome) -> None:
-        """One request's (or connection attempt's) outcome at ``host``, for outlier detection."""
-        if self.outlier is not None and host is not None:
+        """One request's (or connection attempt's) outcome at ``host``: counted on the host (``/clusters``
+        shows the success rate) and given to outlier detection."""
+        if host is None:
+            return
+        if outcome is Outcome.SUCCESS:
+            host.stats.rq_success.value += 1
+        else:
+            host.stats.rq_error.value += 1
+        if self.outlier is not None:
             self.outlier.report(host, outcome)
             self._sync_ejections()
+
+    def success_rate(self, host: Host) -> tuple[float | None, str]:
+        """``(percent, source)`` for ``/clusters``: outlier detection's last completed interval when the
+        cluster has it (``"outlier_detection_interval"``), else every outcome reported for the host since it
+        joined (``"lifetime"``). ``None`` when no outcome was counted."""
+        if self.outlier is not None:
+            return self.outlier.success_rate(host), "outlier_detection_interval"
+        total = host.stats.rq_success.value + host.stats.rq_error.value
+        return (100.0 * host.stats.rq_success.value / total if total else None), "lifetime"
 
     def tick_outlier_detection(self) -> None:
         """Every ``outlier_detection.interval``: success rate, failure percentage, unejections."""
@@ -283,7 +395,7 @@ def health_checker(cluster: Cluster, config: ClusterHealthCheckConfig) -> Health
         "mongo": mongo_check,
         "dynamodb": dynamodb_check,
     }
-    return HealthChecker(
+    checker = HealthChecker(
         cluster.name,
         cluster.hosts,
         checks[config.type](),
@@ -299,3 +411,6 @@ def health_checker(cluster: Cluster, config: ClusterHealthCheckConfig) -> Health
         stats=HealthCheckStats.register(cluster.store, cluster.name),
         on_change=lambda host: cluster.refresh(),
     )
+    cluster.health = checker
+    cluster.refresh()
+    return checker

@@ -180,10 +180,16 @@ class _HostState:
 
 @dataclass(slots=True)
 class HealthChecker:
-    """Checks every host of one cluster with ``check`` until cancelled (``await run()``)."""
+    """Checks every host of one cluster with ``check`` until cancelled (``await run()``).
+
+    Hosts may come and go while it runs (``add_host`` / ``remove_host``; the cluster calls them when its
+    membership changes). A host added that way starts unhealthy and its first passing check admits it, as
+    Envoy treats hosts that join a health-checked cluster: no traffic to a host nobody has seen answer."""
 
     cluster_name: str
     hosts: Sequence[CheckedHost]
+    """The hosts checked. When it is the cluster's own list (changed in place), ``add_host`` and
+    ``remove_host`` only start and stop the checks; otherwise they also add to or remove from a private copy."""
     check: Checker
     config: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     stats: HealthCheckStats | None = None
@@ -199,6 +205,8 @@ class HealthChecker:
     """Called after a host turns healthy or unhealthy (the cluster rebuilds its balancer)."""
     events: deque[HealthEvent] = field(init=False)
     _states: dict[int, _HostState] = field(init=False, repr=False)
+    _task_group: anyio.abc.TaskGroup | None = field(default=None, init=False, repr=False)
+    _scopes: dict[int, anyio.CancelScope] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.stats is None:
@@ -212,13 +220,54 @@ class HealthChecker:
     async def run(self) -> None:
         """Check every host concurrently, forever (cancel the enclosing scope to stop)."""
         async with anyio.create_task_group() as tg:
-            for host in self.hosts:
-                tg.start_soon(self._check_forever, host, name=f"health check {self.cluster_name} {host.name}")
+            self._task_group = tg
+            try:
+                for host in self.hosts:
+                    self._start(host)
+                await anyio.sleep_forever()
+            finally:
+                self._task_group = None
 
-    async def _check_forever(self, host: CheckedHost) -> None:
-        while True:
-            await self.check_once(host)
-            await self.sleep(self.next_interval(host))
+    def add_host(self, host: CheckedHost) -> None:
+        """Start checking ``host``, a newcomer: it is unhealthy until its first check passes."""
+        hosts = self._own_list()
+        if not any(h is host for h in hosts):
+            hosts.append(host)
+        self._states[id(host)] = _HostState()
+        host.healthy = False
+        self._update_gauge()
+        if self._task_group is not None:
+            self._start(host)
+
+    def remove_host(self, host: CheckedHost) -> None:
+        """Stop checking ``host`` (a check in flight is cancelled) and forget its counts."""
+        hosts = self._own_list()
+        hosts[:] = [h for h in hosts if h is not host]
+        self._states.pop(id(host), None)
+        scope = self._scopes.pop(id(host), None)
+        if scope is not None:
+            scope.cancel()
+        self._update_gauge()
+
+    def _own_list(self) -> list[CheckedHost]:
+        """``hosts`` as a list changed in place (the cluster's own list stays shared with the cluster)."""
+        if not isinstance(self.hosts, list):
+            self.hosts = list(self.hosts)
+        return self.hosts
+
+    def _start(self, host: CheckedHost) -> None:
+        assert self._task_group is not None
+        scope = anyio.CancelScope()
+        self._scopes[id(host)] = scope
+        self._task_group.start_soon(
+            self._check_forever, host, scope, name=f"health check {self.cluster_name} {host.name}"
+        )
+
+    async def _check_forever(self, host: CheckedHost, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                await self.check_once(host)
+                await self.sleep(self.next_interval(host))
 
     def next_interval(self, host: CheckedHost) -> float:
         """The wait before ``host``'s next check: unhealthy, then no-traffic, then plain interval; plus jitter."""

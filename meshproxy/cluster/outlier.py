@@ -226,6 +226,10 @@ class HostState:
     consecutive_local_origin_failure: int = 0
     interval_successes: int = 0
     interval_failures: int = 0
+    last_interval_successes: int = 0
+    """The counts of the last completed interval, kept for display (``/clusters``): the running interval's
+    counts start at zero at every ``tick`` and so say little at a random moment."""
+    last_interval_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,15 +314,35 @@ class OutlierDetector:
 
     def set_hosts(self, hosts: Iterable[NamedHost]) -> None:
         """Track exactly ``hosts``: new ones start clean, known ones keep their state, gone ones are dropped."""
-        names = [h.name for h in hosts]
-        for name in set(self._states) - set(names):
-            if self._states.pop(name).ejected:
-                self._stats.ejections_active.dec()
-        for name in names:
-            self._states.setdefault(name, HostState(name))
+        wanted = {h.name: h for h in hosts}
+        for name in set(self._states) - set(wanted):
+            self.remove_host(self._states[name])
+        for host in wanted.values():
+            self.add_host(host)
+
+    def add_host(self, host: NamedHost) -> None:
+        """Start tracking ``host`` (clean state); a host already tracked keeps its state."""
+        self._states.setdefault(host.name, HostState(host.name))
+
+    def remove_host(self, host: NamedHost) -> None:
+        """Stop tracking ``host``; if it was ejected it no longer counts as ejected. Its outcomes reported
+        afterwards (requests that were already on it) are ignored."""
+        state = self._states.pop(host.name, None)
+        if state is not None and state.ejected:
+            self._stats.ejections_active.dec()
 
     def state(self, host: NamedHost) -> HostState:
         return self._states[host.name]
+
+    def success_rate(self, host: NamedHost) -> float | None:
+        """Percent of successes among the outcomes of ``host`` in the last completed interval (as Envoy's
+        ``/clusters`` shows it, but without a minimum request volume); ``None`` when it had none or the host
+        is not tracked."""
+        state = self._states.get(host.name)
+        if state is None:
+            return None
+        total = state.last_interval_successes + state.last_interval_failures
+        return 100.0 * state.last_interval_successes / total if total else None
 
     def is_ejected(self, host: NamedHost) -> bool:
         state = self._states.get(host.name)
@@ -380,6 +404,7 @@ class OutlierDetector:
         self._success_rate()
         self._failure_percentage()
         for st in self._states.values():
+            st.last_interval_successes, st.last_interval_failures = st.interval_successes, st.interval_failures
             st.interval_successes = st.interval_failures = 0
 
     def _success_rate(self) -> None:
