@@ -33,3 +33,25 @@ def test_in_service_example_runs_both_forms_against_an_embedded_server() -> None
     assert "thread form: documents 11" in out
     assert "thread form: insert 1" in out
     assert "thread form: the driver talks to ('127.0.0.1'" in out
+
+
+def _tally(line: str) -> dict[str, int]:
+    """``"<protocol> before: 127.0.0.1:1=10 127.0.0.1:2=10"`` -> ``{"127.0.0.1:1": 10, ...}``."""
+    return {name: int(count) for name, _, count in (item.rpartition("=") for item in line.split(": ", 1)[1].split())}
+
+
+@pytest.mark.integration
+def test_client_side_balancing_example_moves_picks_away_from_a_stopped_backend_of_each_protocol() -> None:
+    out = _run("client_side_balancing.py")
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines()}
+    for protocol in ("mongo", "dynamodb", "grpc"):
+        before = _tally(lines[f"{protocol} before"])
+        after = _tally(lines[f"{protocol} after"])
+        stopped = lines[f"{protocol} stopped"].split(": ", 1)[1]
+        assert len(before) == 3, before  # every host picked while all were up
+        assert all(count > 0 for count in before.values())
+        assert stopped in before
+        assert f"{protocol} marked down: {stopped}" in out
+        assert stopped not in after, after  # never picked once health checking marked it down
+        assert set(after) == set(before) - {stopped}
+        assert sum(after.values()) == sum(before.values())  # and every request after it succeeded
