@@ -70,6 +70,9 @@ class Host:
     weight: int = 1
     ejected: bool = False
     """Set by outlier detection while the host is ejected."""
+    removed: bool = False
+    """Set when discovery took the host out of its cluster: requests already on it finish, but a pool that
+    keeps connections open should not start new requests on them (a host that comes back is a new object)."""
 
     @property
     def healthy(self) -> bool:
@@ -296,6 +299,8 @@ class Cluster:
         for address, weight in wanted.items():
             if address in current:
                 current[address].weight = weight
+        for host in removed:
+            host.removed = True
         fresh = {host.address: host for host in added}
         self.hosts[:] = [current.get(address) or fresh[address] for address in wanted]
         if added or removed:

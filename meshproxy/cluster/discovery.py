@@ -142,6 +142,9 @@ class DnsDiscovery:
     refresh_interval: float = 5.0
     resolver: Resolver = field(default_factory=system_resolver)
     """Any async ``(name, port) -> [(ip, port), ...]``; the default is the event loop's ``getaddrinfo``."""
+    timeout: float = 10.0
+    """A lookup taking longer fails (the system resolver can hang for its own retries; the proxy's start
+    waits for the first lookup)."""
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
 
     async def update(self) -> bool:
@@ -149,7 +152,8 @@ class DnsDiscovery:
         stats = self.cluster.stats
         stats.update_attempt.inc()
         try:
-            addresses = await self.resolver(self.name, self.port)
+            with anyio.fail_after(self.timeout):
+                addresses = await self.resolver(self.name, self.port)
             if not addresses:
                 raise OSError("no addresses")
         except Exception as exc:  # socket.gaierror, or anything an injected resolver raises: never end the loop

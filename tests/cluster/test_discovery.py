@@ -200,6 +200,8 @@ def test_a_membership_change_keeps_the_hosts_that_stay_and_their_state() -> None
     first.weight = 1
 
     assert cluster.set_hosts([(("127.0.0.1", 7002), 1), (("127.0.0.1", 7003), 4)])
+    assert first.removed  # for pools that keep connections to it open
+    assert not second.removed
 
     assert cluster.hosts is hosts_list  # changed in place: whoever holds the list sees the new members
     assert [h.address[1] for h in cluster.hosts] == [7002, 7003]
@@ -402,6 +404,21 @@ async def test_a_dns_cluster_proxies_to_what_localhost_resolves_to() -> None:
     assert answer == "a:ping"
     assert values["cluster.c.update_success"] == 1
     assert values["cluster.c.membership_total"] == 1
+
+
+async def test_a_lookup_that_hangs_fails_after_the_timeout_and_keeps_the_hosts() -> None:
+    """The injected resolver never answers (an ``anyio.Event`` nobody sets)."""
+    never = anyio.Event()
+
+    async def hanging(name: str, port: int) -> list[tuple[str, int]]:
+        await never.wait()
+        return []
+
+    cluster = static_cluster(7001)
+    discovery = DnsDiscovery(cluster, "slow.internal", 7001, resolver=hanging, timeout=0.05)
+    assert not await discovery.update()
+    assert [h.address for h in cluster.hosts] == [("127.0.0.1", 7001)]
+    assert cluster.stats.update_failure.value == 1
 
 
 async def test_a_failed_lookup_keeps_the_last_good_hosts() -> None:
