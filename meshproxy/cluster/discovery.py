@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ __all__ = [
     "DnsDiscovery",
     "HostsFileDiscovery",
     "HostsFileError",
+    "Member",
     "Resolver",
     "discovery_for",
     "parse_hosts_file",
@@ -146,6 +147,9 @@ class DnsDiscovery:
     """A lookup taking longer fails (the system resolver can hang for its own retries; the proxy's start
     waits for the first lookup)."""
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+    apply: Callable[[Iterable[Member]], bool] | None = None
+    """What applies an answer; ``None`` is ``cluster.set_hosts``. A caller whose cluster is picked from other
+    threads passes one that takes its lock (``ClusterClient``)."""
 
     async def update(self) -> bool:
         """Resolve once and apply the answer; ``False`` (logged, counted) when the lookup failed."""
@@ -164,7 +168,7 @@ class DnsDiscovery:
             )
             return False
         stats.update_success.inc()
-        self.cluster.set_hosts((address, 1) for address in addresses)
+        (self.apply or self.cluster.set_hosts)([(address, 1) for address in addresses])
         return True
 
     async def run(self) -> None:
@@ -184,6 +188,8 @@ class HostsFileDiscovery:
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep
     clock: Callable[[], float] = time.time
     """Wall-clock seconds, compared with the file's modification time."""
+    apply: Callable[[Iterable[Member]], bool] | None = None
+    """What applies the file's hosts; ``None`` is ``cluster.set_hosts`` (see ``DnsDiscovery.apply``)."""
     _signature: tuple[int, int, int] | None = field(default=None, repr=False)
     _digest: bytes | None = field(default=None, repr=False)
 
@@ -204,7 +210,7 @@ class HostsFileDiscovery:
             return None
         stats.update_attempt.inc()
         stats.update_success.inc()
-        self.cluster.set_hosts(members)
+        (self.apply or self.cluster.set_hosts)(members)
         return True
 
     def _read(self, *, force: bool) -> list[Member] | None:
@@ -243,9 +249,14 @@ class HostsFileDiscovery:
 Discovery = DnsDiscovery | HostsFileDiscovery
 
 
-def discovery_for(cluster: Cluster, config: ClusterConfig, resolver: Resolver | None = None) -> Discovery | None:
+def discovery_for(
+    cluster: Cluster,
+    config: ClusterConfig,
+    resolver: Resolver | None = None,
+    apply: Callable[[Iterable[Member]], bool] | None = None,
+) -> Discovery | None:
     """The discovery ``config`` asks for (``None`` for static ``hosts``); ``resolver`` replaces the
-    system's for ``dns`` clusters."""
+    system's for ``dns`` clusters; ``apply`` replaces ``cluster.set_hosts``."""
     if config.dns is not None:
         return DnsDiscovery(
             cluster,
@@ -253,7 +264,8 @@ def discovery_for(cluster: Cluster, config: ClusterConfig, resolver: Resolver | 
             config.dns.port,
             config.dns.refresh_interval,
             resolver=resolver if resolver is not None else system_resolver(config.dns.lookup_family),
+            apply=apply,
         )
     if config.hosts_file is not None:
-        return HostsFileDiscovery(cluster, config.hosts_file.path, config.hosts_file.refresh_interval)
+        return HostsFileDiscovery(cluster, config.hosts_file.path, config.hosts_file.refresh_interval, apply=apply)
     return None
