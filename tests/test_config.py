@@ -343,6 +343,63 @@ def test_an_empty_host_list_is_refused() -> None:
     assert dict_error(data) == "mesh.yaml: clusters[0].hosts: expected at least 1 item(s), got none"
 
 
+# -- sources of hosts ---------------------------------------------------------------------------------------
+
+
+def test_a_cluster_may_take_its_hosts_from_dns_or_a_hosts_file(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        '    hosts: ["127.0.0.1:27017"]\n', "    dns: {name: db.internal, port: 27017, refresh_interval: 2s}\n"
+    ) + "  - name: files\n    hosts_file: hosts.yaml\n"
+    config = load_config(write(tmp_path, text))
+    dns, files = config.clusters
+    assert dns.dns is not None
+    assert (dns.dns.name, dns.dns.port, dns.dns.refresh_interval, dns.dns.lookup_family) == (
+        "db.internal", 27017, 2.0, "all",
+    )
+    assert dns.hosts == []
+    assert files.hosts_file is not None
+    assert (files.hosts_file.path, files.hosts_file.refresh_interval) == ("hosts.yaml", 1.0)
+
+
+def test_a_cluster_without_any_source_of_hosts_is_told_the_three_choices() -> None:
+    data = minimal()
+    data["clusters"][0].pop("hosts")
+    assert dict_error(data) == "mesh.yaml: clusters[0].hosts: required: give the cluster hosts, dns or hosts_file"
+
+
+def test_two_sources_of_hosts_are_refused_at_the_second() -> None:
+    data = minimal()
+    data["clusters"][0]["hosts_file"] = "hosts.yaml"
+    assert dict_error(data) == (
+        "mesh.yaml: clusters[0].hosts_file: give only one of hosts, dns and hosts_file "
+        "(this cluster has hosts and hosts_file)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dns", "message"),
+    [
+        ({"name": "db.internal"}, "clusters[0].dns.port: required field 'port' is missing"),
+        ({"name": "db.internal", "port": 70000}, "clusters[0].dns.port: expected at most 65535, got a number (70000)"),
+        ({"name": "db", "port": 1, "refresh_interval": "soon"}, "clusters[0].dns.refresh_interval: 'soon' is not a"),
+        ({"name": "db", "port": 1, "lookup_family": "v5"}, "clusters[0].dns.lookup_family: expected one of"),
+        ({"name": "db", "port": 1, "ttl": 3}, "clusters[0].dns.ttl: unknown field 'ttl'"),
+    ],
+)
+def test_dns_fields_are_checked_and_errors_name_the_field(dns: dict[str, Any], message: str) -> None:
+    data = minimal()
+    data["clusters"][0] = {"name": "mongo", "dns": dns}
+    assert message in dict_error(data)
+
+
+def test_hosts_file_errors_name_the_field() -> None:
+    data = minimal()
+    data["clusters"][0] = {"name": "mongo", "hosts_file": {"path": "h.yaml", "refresh_interval": 0}}
+    assert dict_error(data) == (
+        "mesh.yaml: clusters[0].hosts_file.refresh_interval: expected more than 0, got a number (0)"
+    )
+
+
 # -- the filter discriminator ----------------------------------------------------------------------------
 
 
