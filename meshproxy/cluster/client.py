@@ -12,8 +12,11 @@ request's outcome (so outlier detection can eject a failing host).
   block (asyncio or trio backend; nothing here needs asyncio's protocols).
 - ``with ClusterClientThread.from_config(config) as cluster:`` runs the same on an event loop in a daemon
   thread, for blocking code (pymongo, boto3, sync grpc). ``pick``, ``report`` and ``request`` are safe to
-  call from any thread: one lock guards the balancer, the outlier detector and the request counters, since
-  the health checker rebuilds the balancer on the loop thread while callers pick on theirs.
+  call from any thread: the cluster ``from_config`` builds takes one re-entrant lock in every method that
+  reads or changes its balancer, hosts or outlier state, because health checking and host discovery
+  (``dns``, ``hosts_file``) change them on the loop thread while callers pick on theirs.
+- Host discovery runs as in the proxy: a hosts file is read when the client is built, a DNS name is
+  resolved once on entering the block (before the first pick can need it), then both are polled.
 
 ``outcome_from_exception`` maps what pymongo, botocore and grpcio raise to the shared ``Outcome``
 vocabulary, recognising their exception classes by module and name so meshproxy depends on none of them.
@@ -22,7 +25,7 @@ vocabulary, recognising their exception classes by module and name so meshproxy 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -33,6 +36,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from meshproxy.cluster.cluster import Cluster, Host, health_checker
+from meshproxy.cluster.discovery import Discovery, DnsDiscovery, HostsFileDiscovery, Resolver, discovery_for
 from meshproxy.cluster.health import HealthChecker
 from meshproxy.cluster.outlier import (
     Outcome,
@@ -42,6 +46,8 @@ from meshproxy.cluster.outlier import (
 )
 from meshproxy.config import ClusterConfig
 from meshproxy.stats import StatsStore
+
+Members = Iterable[tuple[tuple[str, int], int]]
 
 __all__ = ["Classifier", "ClusterClient", "ClusterClientThread", "ClusterRequest", "outcome_from_exception"]
 
@@ -96,6 +102,39 @@ def outcome_from_exception(exc: BaseException) -> Outcome | None:
 
 
 @dataclass(slots=True)
+class LockedCluster(Cluster):
+    """A ``Cluster`` whose every state-changing or balancer-reading method holds ``lock``.
+
+    Why a subclass: the health checker (``cluster.refresh``), host discovery (``cluster.set_hosts``) and
+    outlier detection call the cluster directly, on the event loop's thread; locking in the cluster itself
+    covers those callers too, not only ``ClusterClient``'s. The lock is re-entrant because ``set_hosts`` and
+    ``report`` call ``refresh``. (``Cluster.method(self, ...)`` rather than ``super()``: a slots dataclass
+    is rebuilt by the decorator, which breaks zero-argument ``super()`` before Python 3.14.)"""
+
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def pick(self, key: bytes | None = None) -> Host:
+        with self.lock:
+            return Cluster.pick(self, key)
+
+    def refresh(self) -> None:
+        with self.lock:
+            Cluster.refresh(self)
+
+    def set_hosts(self, members: Members) -> bool:
+        with self.lock:
+            return Cluster.set_hosts(self, members)
+
+    def report(self, host: Host | None, outcome: Outcome) -> None:
+        with self.lock:
+            Cluster.report(self, host, outcome)
+
+    def tick_outlier_detection(self) -> None:
+        with self.lock:
+            Cluster.tick_outlier_detection(self)
+
+
+@dataclass(slots=True)
 class ClusterRequest:
     """One request to ``host``, counted while the ``with`` block runs (``cluster.request(...)`` makes it).
 
@@ -143,19 +182,26 @@ class ClusterClient:
         config: ClusterConfig | None = None,
         *,
         classify: Classifier = outcome_from_exception,
+        resolver: Resolver | None = None,
     ) -> None:
-        """``config`` says what to run: ``health_check`` and ``outlier_detection.interval``; without it, nothing
-        runs and only outcomes reported by hand change a host's standing."""
+        """``config`` says what to run: ``dns`` or ``hosts_file`` discovery, ``health_check`` and the
+        ``outlier_detection`` ticks; without it nothing runs and only outcomes reported by hand change a
+        host's standing. A plain ``Cluster`` is safe from one thread only; ``from_config`` builds a
+        ``LockedCluster``. ``resolver`` replaces the system's DNS lookups (tests, service code)."""
         self.cluster = cluster
         self.config = config
         self.classify = classify
+        self._lock: threading.RLock = (
+            cluster.lock if isinstance(cluster, LockedCluster) else threading.RLock()
+        )
+        self.discovery: Discovery | None = None
         self.health_checker: HealthChecker | None = None
-        if config is not None and config.health_check is not None:
-            self.health_checker = health_checker(cluster, config.health_check)
-            # The checker calls back on the event loop's thread; rebuild the balancer under the lock that
-            # ``pick`` holds on the callers' threads.
-            self.health_checker.on_change = lambda host: self._refresh()
-        self._lock = threading.Lock()
+        if config is not None:
+            self.discovery = discovery_for(cluster, config, resolver)
+            if isinstance(self.discovery, HostsFileDiscovery):
+                self.discovery.update(force=True)  # a file is read at once; DNS waits for the event loop
+            if config.health_check is not None:
+                self.health_checker = health_checker(cluster, config.health_check)
         self._task_group: TaskGroup | None = None
 
     @classmethod
@@ -165,13 +211,14 @@ class ClusterClient:
         *,
         stats: StatsStore | None = None,
         classify: Classifier = outcome_from_exception,
+        resolver: Resolver | None = None,
     ) -> ClusterClient:
         """Build the cluster from a ``ClusterConfig`` (or the mapping a YAML ``clusters[]`` entry would be);
         its stats go to ``stats`` (a fresh store by default), under the same names the proxy uses."""
         if not isinstance(config, ClusterConfig):
             config = ClusterConfig.model_validate(dict(config))
         store = stats if stats is not None else StatsStore()
-        return cls(Cluster.from_config(config, store), config, classify=classify)
+        return cls(LockedCluster.from_config(config, store), config, classify=classify, resolver=resolver)
 
     # -- what service code calls ----------------------------------------------------------------------------
 
@@ -198,7 +245,8 @@ class ClusterClient:
             return self.cluster.pick(key)
 
     def report(self, host: Host, outcome: Outcome) -> None:
-        """One request's outcome at ``host``, for outlier detection (no-op without ``outlier_detection``)."""
+        """One request's outcome at ``host``: counted on the host (``rq_success`` / ``rq_error``) and given to
+        outlier detection when the cluster has it."""
         with self._lock:
             self.cluster.report(host, outcome)
 
@@ -215,6 +263,18 @@ class ClusterClient:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._task_group = group
+        try:
+            if isinstance(self.discovery, DnsDiscovery):
+                # The first answer before the first pick (Envoy's cluster warming); a failed lookup leaves the
+                # cluster without hosts until a later one succeeds.
+                await self.discovery.update()
+        except BaseException:
+            group.cancel_scope.cancel()
+            self._task_group = None
+            await group.__aexit__(None, None, None)
+            raise
+        if self.discovery is not None:
+            group.start_soon(self.discovery.run, name=f"host discovery of {self.name}")
         if self.health_checker is not None:
             group.start_soon(self.health_checker.run, name=f"health checks of {self.name}")
         if self.config is not None and self.config.outlier_detection is not None:
@@ -236,10 +296,6 @@ class ClusterClient:
                 self.cluster.tick_outlier_detection()
 
     # -- bookkeeping shared with ClusterRequest ---------------------------------------------------------------
-
-    def _refresh(self) -> None:
-        with self._lock:
-            self.cluster.refresh()
 
     def _started(self, host: Host) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -66,15 +67,15 @@ def closed_port() -> tuple[str, int]:
         return probe.getsockname()  # type: ignore[no-any-return]
 
 
-def config(addresses: list[tuple[str, int]], **extra: Any) -> ClusterConfig:
-    return ClusterConfig.model_validate(
-        {
-            "name": "svc",
-            "hosts": [f"{h}:{p}" for h, p in addresses],
-            "health_check": {"type": "tcp", "interval": 0.05, "timeout": 1, "unhealthy_threshold": 2},
-            **extra,
-        }
-    )
+def config(addresses: list[tuple[str, int]] | None, **extra: Any) -> ClusterConfig:
+    """Cluster ``svc`` with a fast tcp health check; ``addresses`` None when ``extra`` gives dns or hosts_file."""
+    data: dict[str, Any] = {
+        "name": "svc",
+        "health_check": {"type": "tcp", "interval": 0.05, "timeout": 1, "unhealthy_threshold": 2},
+    }
+    if addresses is not None:
+        data["hosts"] = [f"{h}:{p}" for h, p in addresses]
+    return ClusterConfig.model_validate({**data, **extra})
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -172,6 +173,42 @@ async def test_the_block_can_set_the_outcome_and_unknown_exceptions_report_nothi
         with cluster.request(second) as rq:  # e.g. a response that carried UNAVAILABLE without raising
             rq.outcome = Outcome.GATEWAY_FAILURE
         assert second.ejected
+
+
+def test_the_thread_form_follows_a_hosts_file(backends: list[Backend], tmp_path: Path) -> None:
+    hosts_file = tmp_path / "hosts.yaml"
+
+    def write(chosen: list[Backend]) -> None:  # atomically, as docs/clusters.md tells operators to
+        draft = tmp_path / "hosts.yaml.new"
+        draft.write_text("".join(f"- {b.name}\n" for b in chosen))
+        draft.replace(hosts_file)
+
+    write(backends[:2])
+    file_config = config(None, hosts_file={"path": str(hosts_file), "refresh_interval": 0.05})
+    with ClusterClientThread.from_config(file_config) as cluster:
+        assert {cluster.pick().name for _ in range(4)} == {backends[0].name, backends[1].name}
+        write(backends[1:])
+        # the newcomer is picked once its first health check passed; the host that left, never again
+        wait_until_sync(lambda: {cluster.pick().name for _ in range(6)} == {backends[1].name, backends[2].name})
+        assert backends[0].name not in {cluster.pick().name for _ in range(300)}
+        assert cluster.stats.values()["cluster.svc.membership_change"] == 2
+
+
+async def test_a_dns_cluster_is_resolved_before_the_first_pick_and_follows_the_answer(
+    backends: list[Backend],
+) -> None:
+    answer = [backends[0].address]
+
+    async def resolver(name: str, port: int) -> list[tuple[str, int]]:
+        assert (name, port) == ("db.internal", 27017)
+        return list(answer)
+
+    dns_config = {"name": "svc", "dns": {"name": "db.internal", "port": 27017, "refresh_interval": 0.05}}
+    async with ClusterClient.from_config(dns_config, resolver=resolver) as cluster:
+        assert cluster.pick().name == backends[0].name
+        answer[:] = [b.address for b in backends[1:]]
+        await wait_until(lambda: {h.name for h in cluster.hosts} == {backends[1].name, backends[2].name})
+        assert {cluster.pick().name for _ in range(4)} == {backends[1].name, backends[2].name}
 
 
 async def test_request_without_a_host_picks_one_with_the_key() -> None:
