@@ -295,6 +295,24 @@ async def test_the_health_checker_starts_and_stops_checking_hosts_as_they_come_a
         assert cluster.store.values()["cluster.c.membership_healthy"] == 2
 
 
+async def test_a_health_checker_given_its_own_hosts_keeps_them_in_a_list_of_its_own() -> None:
+    """Outside a cluster (a tuple of hosts): ``add_host`` and ``remove_host`` change the checker's list; a
+    newcomer is unhealthy until a check passes, and a removed host's counts are forgotten."""
+    with backends("a") as (a,):
+        cluster = static_cluster(a.address[1], 7002)
+        first, second = cluster.hosts
+        checker = HealthChecker("c", (first,), tcp_check(), HealthCheckConfig(interval=1, timeout=1))
+        checker.add_host(second)
+        assert list(checker.hosts) == [first, second]
+        assert not second.healthy
+        assert checker.stats is not None
+        assert checker.stats.healthy.value == 1
+        checker.remove_host(second)
+        assert list(checker.hosts) == [first]
+        assert await checker.check_once(first)
+        assert checker.stats.healthy.value == 1
+
+
 def test_the_outlier_detector_tracks_added_and_removed_hosts() -> None:
     cluster = static_cluster(7001, outlier_detection={"interval": "1s"})
     detector = cluster.outlier
