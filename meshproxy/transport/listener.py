@@ -24,6 +24,7 @@ from meshproxy.stats import Counter, Gauge, StatsStore
 from meshproxy.transport.dynamo_session import DynamoSession
 from meshproxy.transport.grpc_session import GrpcSession
 from meshproxy.transport.h2_upstream import H2UpstreamPool
+from meshproxy.transport.mongo_routing import MongoRouter
 from meshproxy.transport.mongo_session import MongoSession
 from meshproxy.transport.relay import Relay
 from meshproxy.transport.tls import server_context
@@ -58,6 +59,20 @@ class MongoSessionStats:
     unexpected_reply: Counter
     cx_drain_close: Counter
     filter_error: Counter
+    route_balanced: Counter
+    """Operations sent to the host the cluster's balancer picked (``balance: operation``)."""
+    route_cursor: Counter
+    """``getMore`` / ``killCursors`` sent to the host holding their cursor."""
+    route_transaction: Counter
+    """Operations of a transaction sent to the host it began on."""
+    route_home: Counter
+    """Handshakes, monitoring, authentication and unknown cursors: the connection's home host."""
+    route_repick: Counter
+    """Requests moved to another host because theirs could not be connected to (they had not been sent)."""
+    upstream_lost_reply: Counter
+    """Requests answered ``HostUnreachable`` by the proxy: their host went away (or a circuit breaker)."""
+    cursor_translated: Counter
+    """Cursor ids the proxy handed out because two hosts chose the same one."""
 
     @classmethod
     def create(cls, stats: StatsStore, prefix: str) -> MongoSessionStats:
@@ -233,6 +248,12 @@ class ListenerRuntime:
             self.dynamo_config = _sniffed(DynamoListenerConfig, "dynamo", config)
             self.grpc_config = _sniffed(GrpcListenerConfig, "grpc", config)
         self.mongo_stats = MongoSessionStats.create(stats, prefix) if self.mongo_config is not None else None
+        self.mongo_router = (
+            None
+            if self.mongo_config is None or self.mongo_stats is None
+            else MongoRouter(hash_key=self.mongo_config.hash_key, translated=self.mongo_stats.cursor_translated)
+        )
+        """Cursor and transaction affinity, shared by this listener's Mongo connections."""
         self.dynamo_stats = DynamoSessionStats.create(stats, prefix) if self.dynamo_config is not None else None
         self.http2_stats = Http2Stats.create(stats, prefix) if self.grpc_config is not None else None
         self.grpc_pool: H2UpstreamPool | None = None  # made in start(): it needs the running loop

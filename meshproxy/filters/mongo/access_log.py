@@ -73,7 +73,7 @@ class MongoAccessLogFilter(MongoFilter):
             "connection": connection.id,
             "listener": connection.listener,
             "client": connection.client,
-            "upstream": connection.upstream,
+            "upstream": op.upstream or connection.upstream,
             "db": op.database,
             "collection": op.collection,
             "command": op.command,

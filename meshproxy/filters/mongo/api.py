@@ -18,6 +18,7 @@ A filter may:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshproxy.codecs.mongo import (
     MongoMessage,
@@ -105,6 +106,11 @@ class MongoOperation:
     local_reply: bool = False
     request_replaced: bool = False
     response_replaced: bool = False
+    upstream: str | None = None
+    """``ip:port`` of the host the operation went to (hosts can differ per operation on one connection)."""
+    routing: Any = None
+    """The session's note of why it went there (``meshproxy.transport.mongo_routing.Route``), when it balances
+    operations; filters need not read it."""
     _command: str | None = field(default=None, repr=False)
     _database: str | _Unset | None = field(default=_UNSET, repr=False)
     _collection: str | _Unset | None = field(default=_UNSET, repr=False)
