@@ -67,7 +67,8 @@ def demo(protocol: str, cluster: ClusterClient, send: Callable[[Host], object], 
         except Exception:
             failed += 1  # the requests that reached the stopped backend before it was marked down
         time.sleep(0.05)
-    print(f"{protocol} marked down: {dead.name} (requests failed meanwhile: {failed})")
+    by = "outlier detection" if dead.ejected and dead.passes_health_checks else "health checking"
+    print(f"{protocol} marked down: {dead.name} by {by} (requests failed meanwhile: {failed})")
 
     print(f"{protocol} after: {tally(Counter(one_request() for _ in range(REQUESTS)))}")
 
