@@ -1,0 +1,108 @@
+"""The gRPC upstream pool balances per call: the host a retry picks, per-host requests in flight (what least
+request reads), and the circuit breakers (``max_connections`` below the host count, ``max_pending_requests``)
+with real grpcio servers behind a real proxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import grpc
+import pytest
+
+from meshproxy.cluster import Cluster
+from meshproxy.config import ClusterConfig, config_from_dict
+from meshproxy.proxy import ProxyThread
+from meshproxy.stats import StatsStore
+from meshproxy.transport.h2_upstream import H2UpstreamPool
+from testbeds.grpc.service import EchoClient, EchoServer
+
+HOSTS = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "random", "ring_hash", "maglev"])
+async def test_a_retry_pick_avoids_the_host_that_failed_while_another_is_healthy(policy: str) -> None:
+    cluster = Cluster.from_config(ClusterConfig(name="c", hosts=HOSTS, lb_policy=policy), StatsStore())
+    pool = H2UpstreamPool(cluster)
+    assert pool.hashing == (policy in ("ring_hash", "maglev"))
+    for index in range(50):
+        key = b"/svc/Method%d" % index
+        failed = pool.pick(key)
+        assert pool.pick(key, avoid=failed) is not failed
+
+
+async def test_a_retry_pick_keeps_the_failed_host_when_no_other_is_healthy() -> None:
+    """Retrying the same host beats failing the call (panic mode off, so the balancer sees health)."""
+    config = ClusterConfig(name="c", hosts=HOSTS, lb_policy="ring_hash", panic_threshold=0)
+    cluster = Cluster.from_config(config, StatsStore())
+    pool = H2UpstreamPool(cluster)
+    only = cluster.hosts[1]
+    for host in cluster.hosts:
+        host.healthy = host is only
+    cluster.refresh()
+    assert pool.pick(b"k", avoid=only) is only
+
+
+def front(ports: list[int], **cluster: Any) -> ProxyThread:
+    return ProxyThread(
+        config_from_dict(
+            {
+                "admin": None,
+                "listeners": [{"name": "g", "address": "127.0.0.1:0", "protocol": "grpc", "cluster": "c"}],
+                "clusters": [{"name": "c", "hosts": [f"127.0.0.1:{port}" for port in ports], **cluster}],
+            }
+        )
+    )
+
+
+@contextmanager
+def servers(count: int) -> Iterator[list[EchoServer]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(EchoServer()) for _ in range(count)]
+
+
+def test_each_host_counts_the_streams_in_flight_to_it() -> None:
+    """``rq_active`` (least request's input) rises when a call's stream opens and falls when it ends."""
+    with servers(2) as backends, front([s.port for s in backends]) as proxy:
+        hosts = proxy.proxy.clusters["c"].hosts
+        with EchoClient(proxy.listener_address("g")) as client:
+            answer: list[bytes] = []
+            caller = threading.Thread(target=lambda: answer.append(client.sleep(b"300", timeout=10)))
+            caller.start()
+            deadline = time.monotonic() + 10
+            while sum(h.active_requests for h in hosts) != 1:
+                assert time.monotonic() < deadline, "the call's stream was never counted"
+                time.sleep(0.005)
+            busy = next(h for h in hosts if h.active_requests == 1)
+            assert busy.stats.rq_total.value == 1
+            caller.join()
+            assert answer == [b"awake"]
+            client.unary(b"x", timeout=10)  # round robin: the other host
+        assert [h.active_requests for h in hosts] == [0, 0]
+        assert sorted(h.stats.rq_total.value for h in hosts) == [1, 1]
+
+
+def test_max_connections_below_the_host_count_sends_calls_over_the_open_connection() -> None:
+    """With one connection allowed for three hosts, calls picked for a host without a connection take the open
+    one instead of failing; the refusals are counted in ``upstream_cx_overflow``."""
+    with servers(3) as backends, front([s.port for s in backends], circuit_breakers={"max_connections": 1}) as proxy:
+        with EchoClient(proxy.listener_address("g")) as client:
+            for index in range(9):
+                assert client.unary(b"%d" % index, timeout=10) == b"echo:%d" % index
+        values = proxy.stats.values()
+    assert values["cluster.c.upstream_cx_total"] == 1
+    assert values["cluster.c.upstream_cx_overflow"] >= 1
+    assert values["cluster.c.upstream_rq_total"] == 9
+
+
+def test_a_call_that_would_wait_past_max_pending_requests_gets_unavailable() -> None:
+    with servers(1) as backends, front([backends[0].port], circuit_breakers={"max_pending_requests": 0}) as proxy:
+        with EchoClient(proxy.listener_address("g")) as client, pytest.raises(grpc.RpcError) as failure:
+            client.unary(b"x", timeout=10)  # no connection yet: the call would have to wait for the dial
+        values = proxy.stats.values()
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "max_pending_requests" in (failure.value.details() or "")
+    assert values["cluster.c.upstream_rq_pending_overflow"] == 1
