@@ -22,11 +22,12 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from meshproxy.codecs.dynamo import crc32_of
-from meshproxy.codecs.http1 import Http1ResponseDecoder, HttpResponse
-from meshproxy.config import dynamo_sidecar_config
+from meshproxy.codecs.dynamo import crc32_of, parse_request
+from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpResponse
+from meshproxy.config import config_from_dict, dynamo_sidecar_config
 from meshproxy.filters.dynamo.api import DynamoFilter, DynamoOperation
 from meshproxy.proxy import Proxy
+from meshproxy.transport.dynamo_session import CONNECT_ATTEMPTS, _hash_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dynamo"
 
@@ -357,6 +358,166 @@ async def test_an_unreachable_server_answers_503_and_keeps_the_client_connection
         client.close()
         assert stat(proxy, "cluster.upstream.upstream_cx_connect_fail") == 2
         assert stat(proxy, "dynamodb.ddb.upstream_connect_error") == 2
+
+
+# -- per-request balancing ---------------------------------------------------------------------------------
+
+
+class KeepAliveServer:
+    """A DynamoDB stand-in that keeps its connections alive (moto closes after every response, so it cannot
+    show keep-alive): answers every request ``200 {}`` and counts requests and connections."""
+
+    def __init__(self, *, reset: bool = False) -> None:
+        self.reset = reset
+        """Close every connection as soon as a request arrives, unanswered."""
+        self.requests = 0
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> KeepAliveServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        decoder = Http1RequestDecoder()
+        while data := await reader.read(65536):
+            for _ in decoder.feed(data):
+                if self.reset:
+                    writer.close()
+                    return
+                self.requests += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 2\r\n\r\n{}"
+                )
+        writer.close()
+
+
+def _cluster_config(hosts: list[str], lb_policy: str = "round_robin", **cluster: Any) -> Any:
+    """One DynamoDB listener (``ddb``) over a cluster ``upstream`` of several hosts, no health checks."""
+    return config_from_dict({
+        "admin": None,
+        "listeners": [{"name": "ddb", "address": "127.0.0.1:0", "protocol": "dynamo", "cluster": "upstream"}],
+        "clusters": [{"name": "upstream", "hosts": hosts, "lb_policy": lb_policy, **cluster}],
+    })
+
+
+def _dead_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_each_request_is_balanced_over_one_kept_alive_connection_per_host() -> None:
+    async with (
+        KeepAliveServer() as one,
+        KeepAliveServer() as two,
+        Proxy(_cluster_config([one.address, two.address])) as proxy,
+    ):
+        client = await Client.connect(proxy.listener_address("ddb"))
+        for _ in range(10):
+            client.send(GET_ITEM)
+            assert (await client.response()).status == 200
+        client.close()
+        assert (one.requests, two.requests) == (5, 5)
+        assert (one.connections, two.connections) == (1, 1)
+        assert stat(proxy, "cluster.upstream.upstream_cx_total") == 2
+        assert stat(proxy, "cluster.upstream.upstream_rq_total") == 10
+        assert stat(proxy, f"cluster.upstream.host.{one.address}.rq_total") == 5
+        assert stat(proxy, f"cluster.upstream.host.{one.address}.rq_active") == 0
+        assert stat(proxy, "cluster.upstream.upstream_rq_active") == 0
+
+
+async def test_a_request_whose_host_cannot_be_reached_goes_to_another_host() -> None:
+    """Nothing was sent to the unreachable host, so the request is not lost: the client sees only 200s."""
+    async with KeepAliveServer() as good, Proxy(_cluster_config([_dead_address(), good.address])) as proxy:
+        client = await Client.connect(proxy.listener_address("ddb"))
+        for _ in range(4):
+            client.send(PUT_ITEM)  # a write too: it never left the proxy
+            assert (await client.response()).status == 200
+        client.close()
+        assert good.requests == 4
+        assert stat(proxy, "cluster.upstream.upstream_cx_connect_fail") >= 1
+        assert stat(proxy, "cluster.upstream.upstream_rq_retry") == stat(
+            proxy, "cluster.upstream.upstream_cx_connect_fail"
+        )
+        assert stat(proxy, "dynamodb.ddb.upstream_connect_error") == 0
+
+
+async def test_when_no_host_can_be_reached_the_request_gets_a_503_after_a_few_hosts() -> None:
+    hosts = [_dead_address() for _ in range(5)]
+    async with Proxy(_cluster_config(hosts)) as proxy:
+        client = await Client.connect(proxy.listener_address("ddb"))
+        client.send(GET_ITEM)
+        assert (await client.response()).status == 503
+        client.close()
+        assert stat(proxy, "cluster.upstream.upstream_cx_connect_fail") == CONNECT_ATTEMPTS
+        assert stat(proxy, "dynamodb.ddb.upstream_connect_error") == 1
+        assert stat(proxy, "cluster.upstream.upstream_rq_active") == 0
+
+
+async def test_a_read_cut_off_before_its_response_goes_to_another_host_a_write_does_not() -> None:
+    """A host that closes as soon as a request arrives: a GetItem is sent again elsewhere (reading twice
+    is harmless), a PutItem gets the 503 (the host may have written it before it went away)."""
+    async with (
+        KeepAliveServer(reset=True) as bad,
+        KeepAliveServer() as good,
+        Proxy(_cluster_config([bad.address, good.address])) as proxy,
+    ):
+        client = await Client.connect(proxy.listener_address("ddb"))
+        puts = []
+        for _ in range(2):  # round robin: one of the two goes to the bad host
+            client.send(PUT_ITEM)
+            puts.append((await client.response()).status)
+        for _ in range(2):  # at least one of these meets the bad host
+            client.send(GET_ITEM)
+            assert (await client.response()).status == 200
+        client.close()
+        assert sorted(puts) == [200, 503]
+        assert stat(proxy, "dynamodb.ddb.upstream_reset") == 1
+        assert stat(proxy, "cluster.upstream.upstream_rq_retry") >= 1
+
+
+async def test_max_connections_holds_with_a_connection_per_host() -> None:
+    """At ``max_connections: 1`` a session switching hosts closes its idle connection to open the next."""
+    async with KeepAliveServer() as one, KeepAliveServer() as two:
+        config = _cluster_config([one.address, two.address], circuit_breakers={"max_connections": 1})
+        async with Proxy(config) as proxy:
+            client = await Client.connect(proxy.listener_address("ddb"))
+            for _ in range(4):
+                client.send(GET_ITEM)
+                assert (await client.response()).status == 200
+                assert stat(proxy, "cluster.upstream.upstream_cx_active") == 1
+            client.close()
+            assert stat(proxy, "cluster.upstream.upstream_cx_total") == 4
+            assert stat(proxy, "cluster.upstream.upstream_cx_overflow") == 0
+
+
+def test_the_hash_key_is_the_table_and_the_partition_key_value_of_listed_tables() -> None:
+    def request(operation: str, body: dict[str, Any]) -> Any:
+        return parse_request([(b"x-amz-target", f"DynamoDB_20120810.{operation}".encode())], json.dumps(body).encode())
+
+    keys = {"orders": "customer"}
+    item = {"customer": {"S": "c#42"}, "order": {"N": "7"}}
+    key = {"customer": {"S": "c#42"}, "order": {"N": "7"}}
+    by_item = _hash_key(request("PutItem", {"TableName": "orders", "Item": item}), keys)
+    assert by_item == b"orders\x00S\x00c#42"
+    for operation in ("GetItem", "UpdateItem", "DeleteItem"):
+        assert _hash_key(request(operation, {"TableName": "orders", "Key": key}), keys) == by_item
+    other = {"customer": {"S": "c#7"}, "order": {"N": "7"}}
+    assert _hash_key(request("GetItem", {"TableName": "orders", "Key": other}), keys) != by_item
+    assert _hash_key(request("Query", {"TableName": "orders"}), keys) == b"orders"
+    assert _hash_key(request("GetItem", {"TableName": "users", "Key": key}), keys) == b"users"
+    assert _hash_key(request("ListTables", {}), keys) is None
 
 
 # -- filters that answer or rewrite -----------------------------------------------------------------------

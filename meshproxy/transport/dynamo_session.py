@@ -89,6 +89,13 @@ CONNECT_ATTEMPTS = 3
 """Hosts a request is offered to when connections cannot be opened (it never left the proxy, so trying
 another host is safe for any operation); then it is answered 503."""
 
+_READS = frozenset({
+    "GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems", "GetRecords", "GetShardIterator",
+})
+"""Operations that change nothing (with every ``Describe*`` and ``List*``): sent again to another host when
+a connection dies before any byte of their response, since the first host cannot have acted on them in a
+way that matters. Writes are never re-sent (the first host may have applied them)."""
+
 _KEY_ATTRIBUTE = {"GetItem": "Key", "UpdateItem": "Key", "DeleteItem": "Key", "PutItem": "Item"}
 """Operations whose partition key value is hashed, and where their body holds it."""
 
@@ -96,7 +103,7 @@ _KEY_ATTRIBUTE = {"GetItem": "Key", "UpdateItem": "Key", "DeleteItem": "Key", "P
 class _InFlight:
     """The request that is upstream now, and what answering it needs."""
 
-    __slots__ = ("attempts", "conn", "deadline_ns", "host", "op", "request")
+    __slots__ = ("answering", "attempts", "conn", "deadline_ns", "host", "op", "request")
 
     def __init__(self, op: DynamoOperation, request: HttpRequest, deadline_ns: int, host: Host) -> None:
         self.op = op
@@ -108,6 +115,8 @@ class _InFlight:
         self.conn: Http1Upstream = None  # type: ignore[assignment]  # set as soon as it has a connection
         self.attempts = 1
         """Hosts it was offered to (a connect failure offers it to another)."""
+        self.answering = False
+        """Bytes of its response arrived (then it is never sent again)."""
 
 
 class DynamoSession(Relay):
@@ -372,6 +381,7 @@ class DynamoSession(Relay):
             self.session_stats.unexpected_response.inc()
             self._drop(conn)
             return
+        in_flight.answering = True
         try:
             responses = conn.decoder.feed(data)
         except DecodeError as error:
@@ -449,17 +459,31 @@ class DynamoSession(Relay):
             if self.passthrough and conn is self._current:
                 self.close(local=True)
             return
-        if in_flight.attempts < CONNECT_ATTEMPTS:
-            other = self._another_host(in_flight, host)
-            if other is not None:
-                retry = self._conn_to(other)
-                if retry is not None:
-                    in_flight.attempts += 1
-                    host.stats.rq_active.value -= 1
-                    in_flight.host = other
-                    self._send(in_flight, retry)
-                    return
-        self._fail_in_flight(503, f"upstream connect error: {reason}", self.session_stats.upstream_connect_error)
+        if not self._try_elsewhere(in_flight):
+            self._fail_in_flight(503, f"upstream connect error: {reason}", self.session_stats.upstream_connect_error)
+
+    def _try_elsewhere(self, in_flight: _InFlight) -> bool:
+        """Send ``in_flight`` to another healthy host (its connection failed and it is safe to re-send);
+        False when attempts or hosts ran out."""
+        if in_flight.attempts >= CONNECT_ATTEMPTS or self.closed:
+            return False
+        failed = in_flight.host
+        other = self._another_host(in_flight, failed)
+        if other is None:
+            return False
+        conn = self._conn_to(other)
+        if conn is None:
+            return False
+        in_flight.attempts += 1
+        failed.stats.rq_active.value -= 1
+        in_flight.host = other
+        cluster = self.cluster
+        cluster.store.counter(
+            f"cluster.{cluster.name}.upstream_rq_retry", prom="meshproxy_cluster_upstream_rq_retry",
+            labels={"cluster": cluster.name},
+        ).inc()
+        self._send(in_flight, conn)
+        return True
 
     def _another_host(self, in_flight: _InFlight, failed: Host) -> Host | None:
         """A healthy host other than ``failed`` for a request that could not reach it: the balancer's own
@@ -515,6 +539,8 @@ class DynamoSession(Relay):
         in_flight = self.in_flight
         if in_flight is not None and in_flight.conn is conn:
             self.cluster.report(in_flight.host, Outcome.LOCAL_ORIGIN_FAILURE)
+            if not in_flight.answering and _is_read(in_flight.op.request) and self._try_elsewhere(in_flight):
+                return
             self._fail_in_flight(
                 503, "upstream connection closed before the response", self.session_stats.upstream_reset
             )
@@ -731,3 +757,11 @@ def _hash_key(request: DynamoRequest, partition_keys: dict[str, str]) -> bytes |
             if type(scalar) is str:  # S, N (as text), B (base64): the value as sent
                 return f"{table}\x00{kind}\x00{scalar}".encode()
     return table.encode()
+
+
+def _is_read(request: DynamoRequest) -> bool:
+    """Whether sending ``request`` twice is harmless (see ``_READS``)."""
+    operation = request.operation
+    return operation is not None and (
+        operation in _READS or operation.startswith("Describe") or operation.startswith("List")
+    )
