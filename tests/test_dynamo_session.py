@@ -299,6 +299,33 @@ async def test_passthrough_policy_relays_unframeable_bytes_untouched() -> None:
         assert stat(proxy, "dynamodb.ddb.decoding_error") == 1
 
 
+async def test_passthrough_passes_the_servers_answer_and_its_half_close_on() -> None:
+    """Once relaying, the session is a byte relay: the server's bytes and its EOF reach the client, and the
+    client can still send after that EOF (TCP half-close), which the server then receives."""
+    received: list[bytes] = []
+
+    async def answer_then_half_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(65536))
+        writer.write(b"not http either")
+        writer.write_eof()
+        received.append(await reader.read(65536))
+        writer.close()
+
+    server = await asyncio.start_server(answer_then_half_close, "127.0.0.1", 0)
+    async with server, Proxy(_config(server.sockets[0].getsockname()[1], on_decode_error="passthrough")) as proxy:
+        reader, writer = await asyncio.open_connection(*proxy.listener_address("ddb"))
+        writer.write(b"\x16\x03\x01 not http\r\n\r\n")
+        answer = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            answer += chunk
+        assert answer == b"not http either"  # then EOF
+        writer.write(b"after the server's EOF")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            while len(received) < 2:  # noqa: ASYNC110 - the server's handler fills it
+                await asyncio.sleep(0.01)
+        writer.close()
+        assert received == [b"\x16\x03\x01 not http\r\n\r\n", b"after the server's EOF"]
 # -- upstream failures ------------------------------------------------------------------------------------
 
 

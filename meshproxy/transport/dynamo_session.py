@@ -327,7 +327,6 @@ class DynamoSession(Relay):
             self.info.upstream = host.name
         self._current = conn
         self.up_transport = conn.transport
-        conn.requests += 1
         conn.decoder.expect_response(head=in_flight.request.method == b"HEAD")
         conn.write(in_flight.request.raw)
 
@@ -447,7 +446,7 @@ class DynamoSession(Relay):
     def conn_failed(self, conn: Http1Upstream, reason: str) -> None:
         """A connection could not be opened: the request waiting for it never left, so it is offered to
         another host while attempts and healthy hosts remain; otherwise it is answered 503."""
-        host = conn.host
+        host, current = conn.host, conn is self._current
         self._forget(conn)
         self.cluster.report(host, Outcome.LOCAL_ORIGIN_FAILURE)
         log.warning(
@@ -456,7 +455,7 @@ class DynamoSession(Relay):
         )
         in_flight = self.in_flight
         if in_flight is None or in_flight.conn is not conn or self.closed:
-            if self.passthrough and conn is self._current:
+            if self.passthrough and current:
                 self.close(local=True)
             return
         if not self._try_elsewhere(in_flight):
@@ -498,11 +497,10 @@ class DynamoSession(Relay):
             key = None
         return next((h for h in cluster.hosts if h is not failed and h.healthy), None)
 
-    def conn_eof(self, conn: Http1Upstream) -> None:
+    def conn_eof(self, conn: Http1Upstream) -> bool:
         if self.passthrough:
-            if conn is self._current:
-                Relay.upstream_eof(self)
-            return
+            # A relay passes the half-close on and keeps the other direction open (``Relay.upstream_eof``).
+            return conn is self._current and Relay.upstream_eof(self)
         in_flight = self.in_flight
         if in_flight is not None and in_flight.conn is conn:
             try:
@@ -512,13 +510,14 @@ class DynamoSession(Relay):
             for response in responses:
                 self._upstream_response(conn, response)
         self._drop(conn, remote=True)
+        return False
 
     def conn_lost(self, conn: Http1Upstream) -> None:
+        current = conn is self._current
         self._forget(conn)
         if self.passthrough:
-            if conn is self._current and not self.closed:
-                self.up_transport = None
-                self.close(local=False)
+            if current and not self.closed:
+                self.close(local=False)  # as a relay: the server went away, so does the client's connection
             return
         self._reset_in_flight(conn)
 

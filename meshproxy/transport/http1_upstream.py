@@ -39,8 +39,9 @@ class Http1UpstreamOwner(Protocol):
     def conn_data(self, conn: Http1Upstream, data: bytes) -> None:
         """Bytes from the server."""
 
-    def conn_eof(self, conn: Http1Upstream) -> None:
-        """The server closed its sending side (the connection is closed right after this call)."""
+    def conn_eof(self, conn: Http1Upstream) -> bool:
+        """The server closed its sending side. True keeps our side open (a half-closed byte relay); False
+        closes the connection."""
 
     def conn_lost(self, conn: Http1Upstream) -> None:
         """The connection is gone without the owner closing it (reset, or after an EOF)."""
@@ -63,7 +64,6 @@ class Http1Upstream(asyncio.Protocol):
         "host",
         "owner",
         "pending",
-        "requests",
         "transport",
     )
 
@@ -77,8 +77,6 @@ class Http1Upstream(asyncio.Protocol):
         self.closed = False
         self.pending: list[bytes] = []
         """Bytes written while dialling, sent once connected."""
-        self.requests = 0
-        """Requests written on this connection (a reused one has more than zero before the next)."""
         self._task: asyncio.Task[None] | None = None
 
     def dial(self) -> None:
@@ -151,9 +149,7 @@ class Http1Upstream(asyncio.Protocol):
         owner.conn_data(self, data)
 
     def eof_received(self) -> bool:
-        if not self.closed:
-            self.owner.conn_eof(self)
-        return False  # close our side too: an HTTP/1.1 connection is not reused after the server's EOF
+        return not self.closed and self.owner.conn_eof(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
