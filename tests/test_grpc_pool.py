@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -18,7 +19,7 @@ from meshproxy.config import ClusterConfig, config_from_dict
 from meshproxy.proxy import ProxyThread
 from meshproxy.stats import StatsStore
 from meshproxy.transport.h2_upstream import H2UpstreamPool
-from testbeds.grpc.service import EchoClient, EchoServer
+from testbeds.grpc.service import EchoClient, EchoServer, EchoService
 
 HOSTS = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
 
@@ -106,3 +107,42 @@ def test_a_call_that_would_wait_past_max_pending_requests_gets_unavailable() -> 
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "max_pending_requests" in (failure.value.details() or "")
     assert values["cluster.c.upstream_rq_pending_overflow"] == 1
+
+
+@contextmanager
+def one_stream_server() -> Iterator[tuple[EchoService, int]]:
+    """A grpcio server with the test service that allows one stream per connection."""
+    service = EchoService()
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_concurrent_streams", 1)])
+    server.add_generic_rpc_handlers((service.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield service, port
+    finally:
+        server.stop(None)
+
+
+def test_past_max_connections_a_call_waits_for_room_on_a_full_connection_of_another_host() -> None:
+    """One connection allowed, to a server that takes one stream at a time: a call picked for the other host
+    (no connection, none allowed) waits for the busy connection's stream to end, then goes on it."""
+    with (
+        one_stream_server() as (service, port),
+        servers(1) as other,
+        front([port, other[0].port], circuit_breakers={"max_connections": 1}) as proxy,
+    ):
+        with EchoClient(proxy.listener_address("g")) as client:
+            slow: list[bytes] = []
+            caller = threading.Thread(target=lambda: slow.append(client.sleep(b"300", timeout=10)))
+            caller.start()  # round robin: the first host, whose one stream it takes
+            deadline = time.monotonic() + 10
+            while not service.sleeping.is_set():
+                assert time.monotonic() < deadline, "the slow call never reached the server"
+                time.sleep(0.005)
+            assert client.unary(b"x", timeout=10) == b"echo:x"  # picked the second host; waited, then ran
+            caller.join()
+        values = proxy.stats.values()
+    assert slow == [b"awake"]
+    assert values["cluster.c.upstream_cx_total"] == 1
+    assert values["cluster.c.upstream_cx_overflow"] >= 1
+    assert values[f"cluster.c.host.127.0.0.1:{port}.rq_total"] == 2

@@ -529,7 +529,12 @@ class H2UpstreamPool:
         if started:
             done = {id(entry) for entry in mine[:started]}
             self.waiting = deque(entry for entry in self.waiting if id(entry) not in done)
-        rest = [entry for entry in mine[started:] if entry.host is not None]
+        if started < len(mine) and not self.connections and any(e.host is None for e in mine[started:]):
+            # Streams waiting for room on any host, and no connection is left to make room: this host's.
+            self.waiting = deque(entry._replace(host=host) if entry.host is None else entry for entry in self.waiting)
+            rest = [entry for entry in self.waiting if entry.host is host]
+        else:
+            rest = [entry for entry in mine[started:] if entry.host is not None]
         if rest and not any(c.host is host for c in self.connecting):
             if self.cluster.connection_allowed():
                 self._dial(host)
