@@ -194,6 +194,7 @@ def test_one_client_connection_spreads_its_requests_over_every_host_on_kept_aliv
                 assert ddb.get_item(TableName=TABLE, Key={"pk": {"S": f"k{i % 20}"}})["Item"]["v"] == {"N": str(i % 20)}
             rq = [host_stat(proxy, h, "rq_total") for h in hosts]
             cx = [host_stat(proxy, h, "cx_total") for h in hosts]
+            print(f"\n(a) requests per host {rq}, upstream connections per host {cx}")
             assert stat(proxy, "listener.ddb.downstream_cx_total") == 1
             assert all(19 <= n <= 21 for n in rq), rq  # round robin: 20 each (±1 for where the cycle starts)
             assert cx[1] == cx[2] == 1, cx  # keep-alive: one connection each for all their requests
