@@ -4,11 +4,14 @@ with real grpcio servers behind a real proxy on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -146,3 +149,42 @@ def test_past_max_connections_a_call_waits_for_room_on_a_full_connection_of_anot
     assert values["cluster.c.upstream_cx_total"] == 1
     assert values["cluster.c.upstream_cx_overflow"] >= 1
     assert values[f"cluster.c.host.127.0.0.1:{port}.rq_total"] == 2
+
+
+def test_a_host_discovery_removes_gets_no_more_calls_and_its_pooled_connection_closes(tmp_path: Path) -> None:
+    """Edit the hosts file from two hosts to one: the next calls all go to the one left, and the pooled
+    connection to the removed host is closed (GOAWAY, then closed once idle) instead of lingering."""
+    hosts_file = tmp_path / "hosts.json"
+    with servers(2) as (a, b):
+        hosts_file.write_text(json.dumps([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]))
+        source = {"hosts_file": {"path": str(hosts_file), "refresh_interval": "20ms"}}
+        config = config_from_dict(
+            {
+                "admin": None,
+                "listeners": [{"name": "g", "address": "127.0.0.1:0", "protocol": "grpc", "cluster": "c"}],
+                "clusters": [{"name": "c", **source}],
+            }
+        )
+        with ProxyThread(config) as proxy, EchoClient(proxy.listener_address("g")) as client:
+            cluster = proxy.proxy.clusters["c"]
+            deadline = time.monotonic() + 10
+            while len(cluster.hosts) != 2:
+                assert time.monotonic() < deadline, "the hosts file was never read"
+                time.sleep(0.01)
+            gone = next(h for h in cluster.hosts if h.address[1] == a.port)
+            for _ in range(4):
+                client.unary(b"x", timeout=10)
+            assert gone.stats.cx_active.value == 1
+            scratch = hosts_file.with_suffix(".tmp")
+            scratch.write_text(json.dumps([f"127.0.0.1:{b.port}"]))
+            os.replace(scratch, hosts_file)
+            while [h.address[1] for h in cluster.hosts] != [b.port]:
+                assert time.monotonic() < deadline + 10, "the edit was never applied"
+                time.sleep(0.01)
+            calls_on_gone = gone.stats.rq_total.value
+            for _ in range(4):
+                assert client.unary(b"y", timeout=10) == b"echo:y"
+            while gone.stats.cx_active.value != 0:
+                assert time.monotonic() < deadline + 20, "the removed host's connection stayed open"
+                time.sleep(0.01)
+            assert gone.stats.rq_total.value == calls_on_gone

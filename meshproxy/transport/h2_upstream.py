@@ -371,6 +371,9 @@ class H2UpstreamPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._client_pumps: dict[int, Any] = {}
         stats = cluster.stats
+        self._membership_change = stats.membership_change
+        self._membership_seen = stats.membership_change.value
+        """Host discovery changed the hosts since the last look: connections to hosts that left must go."""
         self.stats_rq_total = stats.upstream_rq_total
         store = cluster.store
         name = cluster.name
@@ -421,6 +424,8 @@ class H2UpstreamPool:
         streams already do (counted by the caller, which answers the call). A stream that cannot be opened
         at all (``max_connections`` reached with no connection to spare) is failed through
         ``handler.upstream_failed``."""
+        if self._membership_change.value != self._membership_seen:
+            self._retire_removed()
         host = self.pick(key, avoid)
         connections = self.connections
         for connection in connections:
@@ -559,8 +564,18 @@ class H2UpstreamPool:
     def stream_finished(self, connection: H2UpstreamConnection) -> None:
         if connection.goaway and not connection.streams:
             connection._close()
+        elif connection.host.removed and not connection.streams:
+            connection.close_when_idle()
         elif self.waiting:
             self.connection_ready(connection)
+
+    def _retire_removed(self) -> None:
+        """Host discovery took hosts out: the balancer no longer picks them, and their connections take no
+        new streams and close once their streams are done (Envoy drains a removed host's pool alike)."""
+        self._membership_seen = self._membership_change.value
+        for connection in list(self.connections):
+            if connection.host.removed and not connection.goaway:
+                connection.close_when_idle()
 
     def connection_closed(self, connection: H2UpstreamConnection) -> None:
         if connection in self.connections:
