@@ -57,6 +57,12 @@ _TXN_MARKER = b"\x12txnNumber\x00"
 decoded for nothing else."""
 
 DEFAULT_MAX_ENTRIES = 100_000
+FAILED_HOST_MEMORY = 1.0
+"""Seconds the listener's movable operations avoid a host it could not connect to, or that dropped a
+connection with requests in flight (unless no other host is left). The driver retries such a request at
+once, on whichever pooled connection is free (pymongo retries once): without this, the retry would have a
+fair chance of landing on the same host before health checking or outlier detection has noticed. Short,
+so outlier detection still sees the host fail and ejects it properly."""
 
 
 class Via(enum.Enum):
@@ -102,6 +108,22 @@ class MongoRouter:
         """lsid -> (txnNumber, host) of the session's latest transaction."""
         self.translated = translated or Counter()
         """Cursor ids handed out in place of a colliding server id."""
+        self._failed: dict[tuple[str, int], float] = {}
+        """Host address -> when it last failed (see ``FAILED_HOST_MEMORY``)."""
+
+    def avoid(self, address: tuple[str, int], now: float) -> None:
+        """The host at ``address`` just failed a connection or request."""
+        self._failed[address] = now
+
+    def avoided(self, address: tuple[str, int], now: float) -> bool:
+        """Whether movable operations should go elsewhere for now."""
+        since = self._failed.get(address)
+        if since is None:
+            return False
+        if now - since > FAILED_HOST_MEMORY:
+            del self._failed[address]
+            return False
+        return True
 
     # -- requests -------------------------------------------------------------------------------------
 

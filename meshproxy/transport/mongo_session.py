@@ -45,11 +45,6 @@ _now_ns = time.monotonic_ns
 _OVERFLOW_REQUEST_IDS = itertools.count(0x4D4F0000)
 
 
-FAILED_HOST_MEMORY = 10.0
-"""Seconds a session avoids a host it could not connect to, unless no other host is left: health checking
-and outlier detection take a few failures to notice, and each attempt meanwhile would cost a connect."""
-
-
 def _join(chunks: list[bytes]) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -135,8 +130,6 @@ class MongoSession(Relay):
         """The leg for handshakes, monitoring and authentication (and everything, when not balancing)."""
         self.pinned = False
         """The client authenticated on its home leg: everything stays there."""
-        self._failed_hosts: dict[tuple[str, int], float] = {}
-        """Hosts this session could not connect to lately -> when (see ``FAILED_HOST_MEMORY``)."""
         self._queued = 0
         self.passthrough = False
         """Set after a decode error under the ``passthrough`` policy: bytes flow untouched from then on."""
@@ -184,7 +177,8 @@ class MongoSession(Relay):
 
     async def _connect_leg(self, leg: MongoLeg) -> None:
         try:
-            transport = await open_upstream(self.cluster, leg.host, lambda: leg)
+            # Request outcomes are reported per reply (when balancing); a bare relay reports the connect.
+            transport = await open_upstream(self.cluster, leg.host, lambda: leg, report_success=not self.balance)
         except OSError as exc:
             self._leg_connect_failed(leg, exc.strerror or str(exc) or type(exc).__name__)
             return
@@ -193,7 +187,6 @@ class MongoSession(Relay):
             return
         leg.transport = transport
         self.info.upstream = self.info.upstream or leg.host.name
-        self._failed_hosts.pop(leg.host.address, None)
         if leg.queue:
             data = b"".join(chunk for _, chunk in leg.queue)
             leg.queue.clear()
@@ -236,7 +229,7 @@ class MongoSession(Relay):
         host = route.host
         if host is None:
             return self._home_leg()
-        if route.movable and host.address in self._failed_hosts:
+        if route.movable and self.router.avoided(host.address, self.loop.time()):
             host = self._other_host(exclude=host.address) or host
         leg = self.legs.get(host.address)
         if leg is not None:
@@ -257,7 +250,7 @@ class MongoSession(Relay):
         if home is not None:
             return home
         host = self.cluster.pick()
-        if host.address in self._failed_hosts:
+        if self.router.avoided(host.address, self.loop.time()):
             host = self._other_host(exclude=host.address) or host
         home = self.legs.get(host.address)
         if home is None:
@@ -270,24 +263,21 @@ class MongoSession(Relay):
     def _other_host(self, exclude: tuple[str, int]) -> Host | None:
         """Another host than ``exclude`` (and than hosts that failed lately), from the cluster's balancer."""
         now = self.loop.time()
-        failed = self._failed_hosts
-        for address, since in list(failed.items()):
-            if now - since > FAILED_HOST_MEMORY:
-                del failed[address]
+        router = self.router
         cluster = self.cluster
         for _ in range(2 * len(cluster.hosts)):
             host = cluster.pick()
-            if host.address != exclude and host.address not in failed:
+            if host.address != exclude and not router.avoided(host.address, now):
                 return host
         for host in cluster.hosts:
-            if host.address != exclude and host.address not in failed and host.healthy:
+            if host.address != exclude and host.healthy and not router.avoided(host.address, now):
                 return host
         return None
 
     def _leg_connect_failed(self, leg: MongoLeg, reason: str) -> None:
         """No connection to the leg's host: what waited for it moves to another host, when it may."""
         connect_failed(self.cluster, leg.host)
-        self._failed_hosts[leg.host.address] = self.loop.time()
+        self.router.avoid(leg.host.address, self.loop.time())
         if self.closed or leg.lost:
             return
         was_home = leg is self.home
@@ -335,6 +325,8 @@ class MongoSession(Relay):
         pending = list(leg.pending.values())
         if pending:
             self.cluster.report(leg.host, Outcome.LOCAL_ORIGIN_FAILURE)
+            # The driver retries what failed here at once, on any pooled connection: send it elsewhere.
+            self.router.avoid(leg.host.address, self.loop.time())
         was_home = leg is self.home
         if self.passthrough or self.pinned or (was_home and pending) or not self.balance:
             # The connection's state (authentication, a handshake or monitoring stream, undecoded bytes)
@@ -528,7 +520,9 @@ class MongoSession(Relay):
             op.finished_ns = now
             if op.routing is not None:
                 summary = self.router.on_reply(op, leg.host)
-                if summary is not None and cluster.outlier is not None:
+                # A handshake's success says the server is up, not that it serves operations: only
+                # operations count for outlier detection (health checking covers the rest).
+                if summary is not None and cluster.outlier is not None and not op.is_monitoring:
                     cluster.report(leg.host, outcome_from_mongo(summary.ok, summary.code))
             self._run_response_filters(op, self.filters)
             more_to_come = op.more_to_come

@@ -41,10 +41,13 @@ BACKLOG_LIMIT = 1 << 20
 
 
 async def open_upstream(
-    cluster: Cluster, host: Host, protocol_factory: Callable[[], asyncio.Protocol]
+    cluster: Cluster, host: Host, protocol_factory: Callable[[], asyncio.Protocol], *, report_success: bool = True
 ) -> asyncio.Transport:
     """Connect to ``host`` within the cluster's connect timeout (over TLS when the cluster says so), and count
-    it: ``upstream_cx_total`` / ``_active`` for the cluster and the host, a success for outlier detection.
+    it: ``upstream_cx_total`` / ``_active`` for the cluster and the host, and (``report_success``) a success
+    for outlier detection. Sessions that report each request's outcome pass False, as Envoy ignores a connect
+    success outside split mode: otherwise every reconnect to a host that fails its requests would reset its
+    consecutive-failure count, and it would never be ejected.
 
     A timeout raises ``TimeoutError`` (an ``OSError``) after counting ``upstream_cx_connect_timeout``; the
     caller counts and reports every failure (``connect_failed``), because only it knows what happens next.
@@ -69,7 +72,8 @@ async def open_upstream(
     cluster.stats.upstream_cx_active.inc()
     host.stats.cx_total.inc()
     host.stats.cx_active.inc()
-    cluster.report(host, Outcome.SUCCESS)
+    if report_success:
+        cluster.report(host, Outcome.SUCCESS)
     return transport
 
 
