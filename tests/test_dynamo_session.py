@@ -529,6 +529,38 @@ async def test_max_connections_holds_with_a_connection_per_host() -> None:
             assert stat(proxy, "cluster.upstream.upstream_cx_overflow") == 0
 
 
+async def test_a_host_that_leaves_the_cluster_loses_its_idle_connection(tmp_path: Path) -> None:
+    """Host discovery takes a host out: it is no longer picked, and the session closes its idle connection
+    to it at the next request instead of holding it for the client connection's life."""
+    async with KeepAliveServer() as one, KeepAliveServer() as two:
+        hosts = tmp_path / "hosts.json"
+        hosts.write_text(json.dumps([one.address, two.address]))
+        config = config_from_dict({
+            "admin": None,
+            "listeners": [{"name": "ddb", "address": "127.0.0.1:0", "protocol": "dynamo", "cluster": "upstream"}],
+            "clusters": [{"name": "upstream", "hosts_file": {"path": str(hosts), "refresh_interval": "20ms"}}],
+        })
+        async with Proxy(config) as proxy:
+            client = await Client.connect(proxy.listener_address("ddb"))
+            for _ in range(2):
+                client.send(GET_ITEM)
+                assert (await client.response()).status == 200
+            assert stat(proxy, "cluster.upstream.upstream_cx_active") == 2
+            scratch = tmp_path / "hosts.tmp"
+            scratch.write_text(json.dumps([one.address]))
+            scratch.replace(hosts)
+            async with asyncio.timeout(10):
+                while stat(proxy, "cluster.upstream.membership_total") != 1:  # noqa: ASYNC110 - polled discovery
+                    await asyncio.sleep(0.01)
+            for _ in range(3):
+                client.send(GET_ITEM)
+                assert (await client.response()).status == 200
+            client.close()
+            assert (one.requests, two.requests) == (4, 1)
+            assert stat(proxy, "cluster.upstream.upstream_cx_active") == 1
+            assert stat(proxy, f"cluster.upstream.host.{two.address}.cx_active") == 0
+
+
 def test_the_hash_key_is_the_table_and_the_partition_key_value_of_listed_tables() -> None:
     def request(operation: str, body: dict[str, Any]) -> Any:
         return parse_request([(b"x-amz-target", f"DynamoDB_20120810.{operation}".encode())], json.dumps(body).encode())

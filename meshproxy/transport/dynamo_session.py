@@ -147,6 +147,8 @@ class DynamoSession(Relay):
         so ``Relay``'s backpressure and half-close reach it."""
         self._hashing = isinstance(self.cluster.balancer, (RingHashBalancer, MaglevBalancer))
         """Only these balancers read a key: the others are not charged for building one."""
+        self._membership_seen = self.cluster.stats.membership_change.value
+        """The cluster's host list as last seen: when it changes, idle connections to hosts that left close."""
         self._delay_handle: asyncio.TimerHandle | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         """One timer per connection, not one per request: arming and cancelling a loop timer costs more than
@@ -280,6 +282,8 @@ class DynamoSession(Relay):
             # Circuit breaker: answered here (503, which SDKs retry with back-off) instead of queueing.
             self._proxy_error(op, request, 503, "upstream overflow (circuit breaker)")
             return
+        if cluster.stats.membership_change.value != self._membership_seen:
+            self._close_removed()
         host = cluster.pick(_hash_key(op.request, self.config.partition_keys) if self._hashing else None)
         conn = self._conn_to(host)
         if conn is None:
@@ -299,7 +303,9 @@ class DynamoSession(Relay):
         cluster is at ``max_connections`` even after closing one of this session's idle connections."""
         conn = self._conns.get(host.address)
         if conn is not None:
-            return conn
+            if conn.host is host:
+                return conn
+            self._drop(conn)  # a host that left and came back at the same address is a new host
         cluster = self.cluster
         if cluster.stats.upstream_cx_active.value >= cluster.breakers.max_connections:
             busy = self.in_flight.conn if self.in_flight is not None else None
@@ -314,6 +320,14 @@ class DynamoSession(Relay):
         self._conns[host.address] = conn
         conn.dial()
         return conn
+
+    def _close_removed(self) -> None:
+        """Close idle connections to hosts that host discovery took out of the cluster (they are no longer
+        picked; a request on one finishes first)."""
+        self._membership_seen = self.cluster.stats.membership_change.value
+        busy = self.in_flight.conn if self.in_flight is not None else None
+        for conn in [c for c in self._conns.values() if c.host.removed and c is not busy]:
+            self._drop(conn)
 
     def _send(self, in_flight: _InFlight, conn: Http1Upstream) -> None:
         """Write the request on ``conn`` (now, or once it is connected), accounted to its host."""
