@@ -84,6 +84,14 @@ class CheckedHost(Protocol):
     def name(self) -> str: ...
 
 
+def _passes(host: CheckedHost) -> bool:
+    """The host's own health-check verdict. A cluster ``Host`` keeps it in ``passes_health_checks``: its
+    ``healthy`` is also false while outlier detection has ejected it, which says nothing of its checks (read
+    as the verdict, an ejected dead host would never be marked down, and traffic would go back to it each time
+    its ejection ends)."""
+    return bool(getattr(host, "passes_health_checks", host.healthy))
+
+
 @dataclass(frozen=True, slots=True)
 class HealthCheckConfig:
     """Envoy's knobs, with Envoy's meaning. Times are seconds."""
@@ -273,7 +281,7 @@ class HealthChecker:
         """The wait before ``host``'s next check: unhealthy, then no-traffic, then plain interval; plus jitter."""
         config = self.config
         interval = config.interval
-        if not host.healthy and config.unhealthy_interval is not None:
+        if not _passes(host) and config.unhealthy_interval is not None:
             interval = config.unhealthy_interval
         elif config.no_traffic_interval is not None and self.has_traffic is not None and not self.has_traffic(host):
             interval = config.no_traffic_interval
@@ -311,13 +319,13 @@ class HealthChecker:
         if passed:
             state.failures = 0
             state.successes += 1
-            if not host.healthy and (first_check or state.successes >= self.config.healthy_threshold):
+            if not _passes(host) and (first_check or state.successes >= self.config.healthy_threshold):
                 host.healthy = True
                 self._record(host, "add_healthy", "")
         else:
             state.successes = 0
             state.failures += 1
-            if host.healthy:
+            if _passes(host):
                 if state.failures >= self.config.unhealthy_threshold:
                     host.healthy = False
                     self._record(host, "eject_unhealthy", detail)
@@ -338,7 +346,7 @@ class HealthChecker:
 
     def _update_gauge(self) -> None:
         assert self.stats is not None
-        self.stats.healthy.set(sum(1 for host in self.hosts if host.healthy))
+        self.stats.healthy.set(sum(1 for host in self.hosts if _passes(host)))
 
 
 # -- checkers ------------------------------------------------------------------------------------------------

@@ -88,6 +88,23 @@ async def test_a_healthy_host_is_ejected_only_after_unhealthy_threshold_consecut
     assert [e.event for e in checker.events] == ["first_failure", "first_failure", "eject_unhealthy"]
 
 
+async def test_a_host_ejected_by_outlier_detection_is_still_marked_down_by_its_failing_checks() -> None:
+    """Ejection and health checks are two verdicts: a dead host ejected by outlier detection must still be
+    marked down by its checks, or traffic would go back to it each time its ejection ends."""
+    counter, gauge = Counter(), Gauge()
+    host = Host(("127.0.0.1", 1), HostStats(counter, gauge, counter, counter, gauge))
+    host.ejected = True
+    checker = HealthChecker("c", [host], Scripted(False, False, True, True), FAST)
+    for _ in range(2):
+        await checker.check_once(host)
+    assert host.passes_health_checks is False
+    assert [e.event for e in checker.events] == ["first_failure", "eject_unhealthy"]
+    for _ in range(2):
+        await checker.check_once(host)
+    assert host.passes_health_checks is True
+    assert host.healthy is False  # still ejected: outlier detection decides when it returns
+
+
 async def test_an_unhealthy_host_returns_after_healthy_threshold_consecutive_successes() -> None:
     host = FakeHost(("127.0.0.1", 1))
     checker = HealthChecker("c", [host], Scripted(False, False, True, False, True, True), FAST)
