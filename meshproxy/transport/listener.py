@@ -164,6 +164,20 @@ class RetryStats:
     limit_exceeded: Counter
     """Calls that still failed after ``max_retries``."""
 
+    @classmethod
+    def register(cls, stats: StatsStore, cluster: str) -> RetryStats:
+        """The cluster's ``upstream_rq_retry*`` counters (shared by every listener retrying to it)."""
+        return cls(
+            *(
+                stats.counter(
+                    f"cluster.{cluster}.upstream_rq_{name}",
+                    prom=f"meshproxy_cluster_upstream_rq_{name}",
+                    labels={"cluster": cluster},
+                )
+                for name in ("retry", "retry_success", "retry_overflow", "retry_limit_exceeded")
+            )
+        )
+
 
 _Sniffed = TypeVar("_Sniffed", DynamoListenerConfig, GrpcListenerConfig)
 
@@ -259,17 +273,8 @@ class ListenerRuntime:
         self.grpc_pool: H2UpstreamPool | None = None  # made in start(): it needs the running loop
         self.grpc_filters: list[GrpcFilter] = []
         self.grpc_retry_budget = RetryBudget()
-        grpc_cluster = self.cluster_for("grpc").name
-        self.grpc_retry_stats = RetryStats(
-            *(
-                stats.counter(
-                    f"cluster.{grpc_cluster}.upstream_rq_{name}",
-                    prom=f"meshproxy_cluster_upstream_rq_{name}",
-                    labels={"cluster": grpc_cluster},
-                )
-                for name in ("retry", "retry_success", "retry_overflow", "retry_limit_exceeded")
-            )
-        )
+        self.grpc_retry_stats = RetryStats.register(stats, self.cluster_for("grpc").name)
+        self.mongo_retry_stats = RetryStats.register(stats, self.cluster_for("mongo").name)
         self._stats_store = stats
         self.mongo_filters: list[MongoFilter] = []  # built in start(), once the advertised address is known
         self.dynamo_filters: list[DynamoFilter] = []

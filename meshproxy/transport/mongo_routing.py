@@ -51,6 +51,12 @@ HOME_COMMANDS = frozenset(
 )
 """Handshake, monitoring and authentication: answered by the connection's home host."""
 AUTH_COMMANDS = frozenset({"saslStart", "saslContinue", "authenticate"})
+RETRYABLE_READS = frozenset(
+    {"find", "aggregate", "count", "distinct", "listCollections", "listIndexes", "listDatabases"}
+)
+"""The retryable reads of the drivers' specification (``getMore`` is not one: its cursor is gone)."""
+RETRYABLE_WRITES = frozenset({"insert", "update", "delete", "findAndModify", "findandmodify"})
+"""Writes a driver may mark retryable, by giving them a ``txnNumber`` outside a transaction."""
 
 _TXN_MARKER = b"\x12txnNumber\x00"
 """A ``txnNumber`` int64 element: only bodies containing it can belong to a transaction, so the body is
@@ -85,11 +91,31 @@ class Route:
     """``getMore``: the client's cursor id."""
     transaction: tuple[bytes, int] | None = None
     """``startTransaction``: (lsid, txnNumber) to pin to the host that answers it."""
+    attempts: int = 0
+    """Retries the proxy made of this operation (``retry`` on the listener)."""
 
     @property
     def movable(self) -> bool:
         """Whether the operation may go to another host when its own cannot be reached: state pins it."""
         return self.via is Via.HOME or self.via is Via.BALANCED
+
+
+def retryable(op: MongoOperation) -> bool:
+    """Whether the proxy may send ``op`` again elsewhere after its host was lost: only what a driver itself
+    would retry (``RETRYABLE_READS``; ``RETRYABLE_WRITES`` the driver marked with a ``txnNumber``), never
+    an operation bound to a cursor or transaction, never one that was partly answered."""
+    route = op.routing
+    if route is None or not route.movable or route.transaction is not None or op.replies:
+        return False
+    message = op.plain_request
+    if type(message) is not OpMsg:
+        return False
+    command, body = op.command, message.body
+    if command in RETRYABLE_READS:
+        return command != "aggregate" or (b"$out" not in body and b"$merge" not in body)
+    if command in RETRYABLE_WRITES:
+        return _TXN_MARKER in body and b"autocommit\x00" not in body
+    return False
 
 
 class MongoRouter:
@@ -108,6 +134,8 @@ class MongoRouter:
         """lsid -> (txnNumber, host) of the session's latest transaction."""
         self.translated = translated or Counter()
         """Cursor ids handed out in place of a colliding server id."""
+        self.retries_in_flight = 0
+        """Proxy retries waiting for their back-off, for the retry budget."""
         self._failed: dict[tuple[str, int], float] = {}
         """Host address -> when it last failed (see ``FAILED_HOST_MEMORY``)."""
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from meshproxy.cluster.outlier import Outcome, outcome_from_mongo
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.mongo import MongoDecoder, MongoMessage, OpMsg, encode, error_reply
 from meshproxy.filters.mongo.api import Delay, LocalReply, MongoFilter, MongoOperation
-from meshproxy.transport.mongo_routing import AUTH_COMMANDS, HOME_COMMANDS, Via
+from meshproxy.transport.mongo_routing import AUTH_COMMANDS, HOME_COMMANDS, Via, retryable
 from meshproxy.transport.relay import BACKLOG_LIMIT, Relay, connect_failed, open_upstream
 
 if TYPE_CHECKING:
@@ -142,6 +143,8 @@ class MongoSession(Relay):
         self._client_eof = False
         self._delay_handle: asyncio.TimerHandle | None = None
         self._draining = False
+        self._retrying: dict[int, tuple[asyncio.TimerHandle, MongoOperation]] = {}
+        """Operations waiting out their retry back-off, by id()."""
 
     @property
     def pending(self) -> dict[int, MongoOperation]:
@@ -328,7 +331,8 @@ class MongoSession(Relay):
             # The driver retries what failed here at once, on any pooled connection: send it elsewhere.
             self.router.avoid(leg.host.address, self.loop.time())
         was_home = leg is self.home
-        if self.passthrough or self.pinned or (was_home and pending) or not self.balance:
+        home_bound = any(op.routing is None or op.routing.via is Via.HOME for op in pending)
+        if self.passthrough or self.pinned or home_bound or not self.balance:
             # The connection's state (authentication, a handshake or monitoring stream, undecoded bytes)
             # was on that server: the client must see the server gone, as it would without the proxy.
             self.close(local=False)
@@ -337,8 +341,50 @@ class MongoSession(Relay):
         if was_home:
             self.home = None
         for op in pending:
-            self._fail_operation(leg, op, f"upstream {leg.host.name} closed the connection")
+            if not self._retry(leg, op):
+                self._fail_operation(leg, op, f"upstream {leg.host.name} closed the connection")
         self._maybe_finish_after_eof()
+
+    def _retry(self, leg: MongoLeg, op: MongoOperation) -> bool:
+        """Schedule ``op`` again on another host, if the listener's ``retry`` allows it (see ``retryable``)."""
+        policy = self.config.retry
+        if policy is None or not retryable(op):
+            return False
+        stats = self.listener.mongo_retry_stats
+        route = op.routing
+        if route.attempts >= policy.max_retries:
+            stats.limit_exceeded.inc()
+            return False
+        cluster = self.cluster
+        in_flight = cluster.stats.upstream_rq_active.value
+        allowed = max(policy.min_retry_concurrency, policy.budget_percent / 100 * in_flight)
+        if self.router.retries_in_flight + 1 > min(allowed, cluster.breakers.max_retries):
+            stats.overflow.inc()
+            return False
+        if self._other_host(exclude=leg.host.address) is None:
+            return False
+        if leg.pending.pop(op.request.header.request_id, None) is not None:
+            self.requests_finished(1, leg.host)
+        route.attempts += 1
+        self.router.retries_in_flight += 1
+        stats.retry.inc()
+        delay = random.random() * policy.backoff * 2 ** (route.attempts - 1)  # full jitter, as Envoy's
+        self._retrying[id(op)] = (self.loop.call_later(delay, self._resend, op), op)
+        return True
+
+    def _resend(self, op: MongoOperation) -> None:
+        self._retrying.pop(id(op), None)
+        self.router.retries_in_flight -= 1
+        if self.closed:
+            return
+        attempts = op.routing.attempts
+        leg = self._leg_for(op)  # routed afresh: the lost host is avoided for a while (router.avoid)
+        op.routing.attempts = attempts
+        if leg is None:
+            self._fail_operation(None, op, "upstream overflow: circuit breaker max_connections")
+            return
+        request = op.request
+        self._send_on(leg, op, encode(request) if op.request_replaced else request.raw)
 
     def _drop_leg(self, leg: MongoLeg) -> None:
         leg.lost = True
@@ -524,6 +570,8 @@ class MongoSession(Relay):
                 # operations count for outlier detection (health checking covers the rest).
                 if summary is not None and cluster.outlier is not None and not op.is_monitoring:
                     cluster.report(leg.host, outcome_from_mongo(summary.ok, summary.code))
+                if op.routing.attempts and summary is not None and summary.ok:
+                    self.listener.mongo_retry_stats.success.inc()
             self._run_response_filters(op, self.filters)
             more_to_come = op.more_to_come
             if more_to_come or leg.stream_origin:
@@ -678,7 +726,7 @@ class MongoSession(Relay):
 
     @property
     def busy(self) -> bool:
-        if self._held is not None:
+        if self._held is not None or self._retrying:
             return True
         if self.passthrough:
             # Replies now pass undecoded: an operation pending at the switch can never be seen to end, so
@@ -708,7 +756,11 @@ class MongoSession(Relay):
                 leg.pending.clear()
             leg.stream_key.clear()
             leg.stream_origin.clear()
-        active += len(self._held or ())
+        active += len(self._held or ()) + len(self._retrying)
+        for handle, _ in self._retrying.values():
+            handle.cancel()
+            self.router.retries_in_flight -= 1
+        self._retrying.clear()
         for f in self.filters:
             f.on_connection_close(self.info, active_operations=active, local=local)
         self._held = None

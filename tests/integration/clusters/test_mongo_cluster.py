@@ -83,11 +83,13 @@ def backends(tmp_path: Any) -> Iterator[Backends]:
         rig.close()
 
 
-def proxy_for(backends: Backends, **cluster: Any) -> ProxyThread:
+def proxy_for(backends: Backends, listener: dict[str, Any] | None = None, **cluster: Any) -> ProxyThread:
     config = config_from_dict(
         {
             "admin": None,
-            "listeners": [{"name": LISTENER, "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "db"}],
+            "listeners": [
+                {"name": LISTENER, "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "db", **(listener or {})}
+            ],
             "clusters": [
                 {
                     "name": "db",
@@ -254,6 +256,46 @@ def test_a_host_failing_its_operations_is_ejected_and_readmitted_after_the_eject
         lost = values[f"mongo.{LISTENER}.upstream_lost_reply"]
         assert lost >= 1  # finds dropped by host 1, answered HostUnreachable and retried by pymongo
         print(f"ejected after {finds} finds ({lost} dropped by host 1, retried); readmitted {readmitted:.2f}s later")
+
+
+def test_with_retry_on_the_proxy_retries_reads_and_driver_marked_writes_but_no_other_write(
+    backends: Backends,
+) -> None:
+    """``retry`` on the listener: a client that retries nothing itself still sees no failed find or
+    retryable insert when host 1 drops them; an insert the driver did not mark retryable is not resent
+    (it may have been applied), so that client sees HostUnreachable."""
+    backends.fail_command(1, "alwaysOn", failCommands=["find", "insert"], closeConnection=True)
+    with proxy_for(backends, listener={"retry": {}}) as proxy:
+        values = proxy.stats.values
+        operations = 0
+        with client_of(proxy, maxPoolSize=1, retryReads=False, retryWrites=True) as client:
+            # After a failure the listener avoids host 1 for a second, so this takes a few seconds.
+            deadline = time.monotonic() + WAIT
+            while values()["cluster.db.upstream_rq_retry"] < 3 and time.monotonic() < deadline:
+                assert client.shop.items.find_one({"_id": operations % DOCS}) is not None
+                client.shop.retried.insert_one({"_id": operations})  # has a txnNumber: retryable
+                operations += 1
+        retried = values()["cluster.db.upstream_rq_retry"]
+        assert retried >= 3
+        assert values()["cluster.db.upstream_rq_retry_success"] == retried
+        with client_of(proxy, maxPoolSize=1, retryReads=False, retryWrites=False) as plain:
+            failure = None
+            deadline, i = time.monotonic() + WAIT, 0
+            while failure is None and time.monotonic() < deadline:
+                try:
+                    plain.shop.unmarked.insert_one({"_id": i})  # no txnNumber: never resent
+                except PyMongoError as error:
+                    failure = error
+                i += 1
+        assert failure is not None
+        assert "HostUnreachable" in str(failure)
+        assert values()["cluster.db.upstream_rq_retry"] == retried
+    landed = 0
+    for address in backends.addresses:
+        with Backends.direct(address) as direct:
+            landed += direct.shop.retried.count_documents({})
+    assert landed == operations  # each retryable insert exactly once
+    print(f"proxy retried {retried} of {2 * operations} operations, all succeeded; an unmarked insert failed")
 
 
 def test_least_request_sends_a_slow_host_less(backends: Backends) -> None:
