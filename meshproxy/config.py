@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     model_validator,
@@ -367,6 +368,22 @@ class _ListenerBase(_Model):
         return self.stat_prefix or self.name
 
 
+class MongoRetryConfig(_Model):
+    """Send an operation again, on another host, when its host went away before answering. Off by default:
+    drivers already retry reads and retryable writes once. Only what a driver would retry is retried here:
+    reads (``find``, ``aggregate`` without ``$out``/``$merge``, ``count``, ``distinct``, ``list*``) and
+    writes the driver marked retryable (a ``txnNumber`` outside a transaction); never another write, never
+    an operation of a transaction or cursor (its state was on the lost host)."""
+
+    max_retries: Annotated[int, Field(ge=1, le=5)] = 1
+    budget_percent: float = Field(20.0, ge=0, le=100)
+    """Retries in flight at most this share of the cluster's requests in flight ..."""
+    min_retry_concurrency: Annotated[int, Field(ge=0)] = 3
+    """... or this many, whichever is more (and never more than the cluster's ``max_retries`` breaker)."""
+    backoff: Duration = 0.025
+    """Base of the exponential back-off with full jitter (25 ms, as Envoy's)."""
+
+
 class ListenerConfig(_ListenerBase):
     """A MongoDB listener (``protocol: mongo``), or a plain (``tcp``) or sniffing (``auto``) one."""
 
@@ -384,12 +401,55 @@ class ListenerConfig(_ListenerBase):
     connection's commands all go to the host picked when it connected."""
     hash_key: Literal["collection", "database"] = "collection"
     """What ``ring_hash`` and ``maglev`` clusters hash for a command: its ``db.collection`` or its database."""
+    retry: MongoRetryConfig | None = None
+    """Retries by the proxy when a host is lost mid-operation (``balance: operation`` only); none by default."""
 
 
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 """Largest HTTP head accepted (64 KiB, as AWS's load balancers allow): a larger one is answered 431."""
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 """Largest HTTP body accepted (16 MiB, DynamoDB's own request limit for BatchWriteItem): larger is 413."""
+
+
+class AwsSigningConfig(_Model):
+    """Re-sign each request with SigV4 for the upstream host it goes to (Envoy's ``aws_request_signing``):
+    the client's signature is replaced, so the application may use dummy credentials. Credentials come from
+    botocore: its default chain (environment, shared files, SSO, ``credential_process``, container and
+    instance metadata), a ``profile`` of the shared files, or ``static`` keys written here (the environment
+    or a credentials file is the better place for a secret than this file)."""
+
+    region: Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9-]+$")]
+    """The endpoint's region, e.g. ``eu-west-1`` (part of the signature's scope)."""
+    credentials: Literal["default-chain", "profile", "static"] = "default-chain"
+    profile: str | None = None
+    """With ``credentials: profile``: the profile's name in ``~/.aws/config`` / ``~/.aws/credentials``."""
+    access_key_id: str | None = None
+    """With ``credentials: static`` (with ``secret_access_key``, optionally ``session_token``)."""
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    host: str | None = None
+    """The ``Host`` to send and sign for, e.g. ``dynamodb.eu-west-1.amazonaws.com``; default: the cluster's
+    TLS ``sni`` when set, else the host's address (``host:port``, the scheme's default port left out)."""
+    service: str = "dynamodb"
+    """The signing name: ``dynamodb`` (DynamoDB Streams signs as ``dynamodb`` too)."""
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> AwsSigningConfig:
+        problems: list[tuple[Location, str]] = []
+        if self.credentials == "profile" and not self.profile:
+            problems.append((("profile",), "required with credentials: profile"))
+        if self.credentials != "profile" and self.profile is not None:
+            problems.append((("profile",), f"only with credentials: profile (this block has {self.credentials})"))
+        static = {"access_key_id": self.access_key_id, "secret_access_key": self.secret_access_key}
+        for name, value in static.items():
+            if self.credentials == "static" and not value:
+                problems.append(((name,), "required with credentials: static"))
+        for name in ("access_key_id", "secret_access_key", "session_token"):
+            if self.credentials != "static" and getattr(self, name) is not None:
+                problems.append(((name,), f"only with credentials: static (this block has {self.credentials})"))
+        if problems:
+            raise _LocatedError(problems)
+        return self
 
 
 class DynamoListenerConfig(_ListenerBase):
@@ -409,6 +469,9 @@ class DynamoListenerConfig(_ListenerBase):
     partition_keys: dict[str, str] = {}
     """Table name -> its partition key attribute, so ``ring_hash`` and ``maglev`` clusters hash a request's
     table and partition key value; tables not listed hash by table name alone."""
+    aws: AwsSigningConfig | None = None
+    """Re-sign requests with SigV4 for the upstream host (``docs/dynamo.md``); off by default: the client's
+    signature is forwarded as it is."""
 
 
 class GrpcRetryConfig(_Model):
