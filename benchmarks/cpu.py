@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
+#: A run is "contended" when processes that are not ours took more than this share of a pinned core.
+CONTENDED_FOREIGN_PCT = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class CoreTimes:
@@ -91,6 +94,14 @@ class CpuWindow:
     load_busy_pct: float | None
     proxy_foreign_pct: float | None
     load_foreign_pct: float | None
+
+    def contended(self, proxy_running: bool = True) -> bool:
+        """Whether other processes took more than :data:`CONTENDED_FOREIGN_PCT` of a core the run used.
+
+        Without a proxy process (``direct``) nothing of ours runs on the proxy core: only the load core counts.
+        """
+        shares = (self.proxy_foreign_pct, self.load_foreign_pct) if proxy_running else (self.load_foreign_pct,)
+        return any(f is not None and f > CONTENDED_FOREIGN_PCT for f in shares)
 
 
 class CpuAccounting:

@@ -23,11 +23,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.cpu import CpuAccounting
-from benchmarks.report import CONTENDED_FOREIGN_PCT, LEGEND, RunRecord, print_tables, summarize
+from benchmarks.report import LEGEND, RunRecord, print_tables, progress_tail, summarize
 from benchmarks.targets import (
     LOCALHOST,
     REPO_ROOT,
@@ -38,9 +39,10 @@ from benchmarks.targets import (
     haproxy_binary,
     pinned,
     read_listening_line,
-    scrape_counter,
     stop_process,
 )
+
+T = TypeVar("T")
 
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
@@ -51,7 +53,9 @@ DEFAULT_CONNECTIONS = (1, 32)
 FIND_COUNTER_PATTERN = r"^mongo\.{prefix}\.cmd\.find\.total$"
 
 
-def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None, str]:
+def cpu_placement(
+    args: argparse.Namespace, load_side: str = "load generator + backend"
+) -> tuple[int | None, int | None, str]:
     """(proxy CPU, load CPU, description): the first two CPUs we may run on, unless told otherwise."""
     if args.no_pin or not hasattr(os, "sched_getaffinity"):
         return None, None, "no pinning"
@@ -60,25 +64,87 @@ def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None, str]:
         return None, None, f"no pinning (only {len(allowed)} CPU available)"
     proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else allowed[0]
     load_cpu = args.load_cpu if args.load_cpu is not None else allowed[1]
-    return proxy_cpu, load_cpu, f"proxy on CPU {proxy_cpu}; load generator + backend on CPU {load_cpu}"
+    return proxy_cpu, load_cpu, f"proxy on CPU {proxy_cpu}; {load_side} on CPU {load_cpu}"
 
 
-def _install_haproxy() -> str:
-    """``apt-get install -y haproxy`` (only when asked with --install-haproxy)."""
-    cmd = ["apt-get", "install", "-y", "haproxy"]
+def apt_install(packages: list[str]) -> str:
+    """``apt-get install -y`` the packages (only when asked: --install-haproxy, --install-tools); what happened."""
+    cmd = ["apt-get", "install", "-y", *packages]
     if os.geteuid() != 0:
         if shutil.which("sudo") is None:
-            return "cannot install haproxy: not root and no sudo"
+            return f"cannot install {', '.join(packages)}: not root and no sudo"
         cmd = ["sudo", "-n", *cmd]
-    _log(f"installing haproxy: {' '.join(cmd)}")
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    log(f"installing: {' '.join(cmd)}")
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"apt-get install failed: {exc}"
     if done.returncode != 0:
-        return f"apt-get install haproxy failed ({done.returncode}): {done.stderr.strip()[-300:]}"
-    return "installed haproxy"
+        return f"apt-get install failed ({done.returncode}): {done.stderr.strip()[-300:]}"
+    return f"installed {', '.join(packages)}"
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the tables."""
     print(message, file=sys.stderr, flush=True)
+
+
+def run_meta(args: argparse.Namespace, pinning: str) -> dict[str, Any]:
+    """What every benchmark's JSON and captions say about the machine and the method."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "python": platform.python_version(),
+        "pinning": pinning,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+    }
+
+
+def select_targets(args: argparse.Namespace, known: dict[str, Target]) -> list[Target] | None:
+    """The targets ``--targets`` names, in its order; ``None`` (and a message) when one is unknown."""
+    wanted = [name.strip() for name in args.targets.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        log(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return None
+    return [known[name] for name in wanted]
+
+
+def rotated(items: list[T], round_index: int) -> list[T]:
+    """The round's order: rotated by one per round, so slow drift of the machine hits every item alike."""
+    shift = round_index % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
+def alternated(items: list[T], round_index: int) -> list[T]:
+    """As given in even rounds, reversed in odd ones (connection counts, operations, workloads)."""
+    return list(items) if round_index % 2 == 0 else list(reversed(items))
+
+
+def start_target(target: Target, backend_port: int, cpu: int | None, round_index: int) -> Running | str:
+    """The started target, or why it did not start (logged; any failure is a row, not a crash)."""
+    try:
+        return target.start(backend_port, cpu)
+    except Exception as exc:
+        reason = f"did not start: {exc}"
+        log(f"[round {round_index + 1}] {target.name}: not available ({reason})")
+        return reason
+
+
+def add_common_options(parser: argparse.ArgumentParser, load_side: str) -> None:
+    """--json, --proxy-cpu, --load-cpu, --no-pin: the same in every benchmark."""
+    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
+    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
+    parser.add_argument("--load-cpu", type=int, default=None, help=f"CPU for {load_side} (default: second)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    with open(path, "w") as out:
+        json.dump(payload, out, indent=2)
+    log(f"wrote {path}")
 
 
 def _start_backend(cpu: int | None) -> tuple[subprocess.Popen[bytes], int]:
@@ -104,33 +170,24 @@ def _run_load(port: int, connections: int, args: argparse.Namespace, cpu: int | 
     return result
 
 
-def _find_counter(running: Running, prefix: str) -> tuple[int | None, str]:
-    if running.admin_url is None:
-        return None, "no admin endpoint"
-    return scrape_counter(running.admin_url, FIND_COUNTER_PATTERN.format(prefix=prefix))
+def meshproxy_counts(target: Target) -> bool:
+    """Whether the run checks meshproxy's admin counters against what the load side sent."""
+    return isinstance(target, MeshProxy) and target.counts_operations
 
 
 def run_benchmark(args: argparse.Namespace, targets: list[Target]) -> tuple[list[RunRecord], dict[str, Any]]:
     """All rounds; returns every run and the metadata that explains them."""
-    proxy_cpu, load_cpu, pinning = _cpus(args)
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(),
-        "pinning": pinning,
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
-        "rounds": args.rounds,
-        "connections": args.connections,
-        "versions": {t.name: v for t in targets if (v := t.describe_version())},
-    }
+    proxy_cpu, load_cpu, pinning = cpu_placement(args)
+    meta = run_meta(args, pinning)
+    meta["connections"] = args.connections
+    meta["versions"] = {t.name: v for t in targets if (v := t.describe_version())}
     try:
         import uvloop
 
         meta["uvloop"] = getattr(uvloop, "__version__", "?")
     except ImportError:
         meta["uvloop"] = None
-    _log(
+    log(
         f"meshproxy benchmark: {pinning}; {args.rounds} round(s) x {len(targets)} target(s) x "
         f"{len(args.connections)} connection count(s), {args.warmup}s warmup + {args.duration}s each"
     )
@@ -139,10 +196,8 @@ def run_benchmark(args: argparse.Namespace, targets: list[Target]) -> tuple[list
     backend, backend_port = _start_backend(load_cpu)
     try:
         for round_index in range(args.rounds):
-            shift = round_index % len(targets) if targets else 0
-            order = targets[shift:] + targets[:shift]
-            counts = list(args.connections) if round_index % 2 == 0 else list(reversed(args.connections))
-            for target in order:
+            counts = alternated(args.connections, round_index)
+            for target in rotated(targets, round_index):
                 placement = _Placement(backend_port, backend.pid, proxy_cpu, load_cpu)
                 records.extend(_run_target(target, round_index, counts, placement, args))
     finally:
@@ -164,20 +219,16 @@ def _run_target(
     backend_port, backend_pid = placement.backend_port, placement.backend_pid
     proxy_cpu, load_cpu = placement.proxy_cpu, placement.load_cpu
     records: list[RunRecord] = []
-    try:
-        running = target.start(backend_port, proxy_cpu)
-    except Exception as exc:
-        reason = f"did not start: {exc}"
-        _log(f"[round {round_index + 1}] {target.name}: not available ({reason})")
-        return [RunRecord(round_index + 1, target.name, n, error=reason, started=False) for n in counts]
+    running = start_target(target, backend_port, proxy_cpu, round_index)
+    if isinstance(running, str):
+        return [RunRecord(round_index + 1, target.name, n, error=running, started=False) for n in counts]
     try:
         for connections in counts:
             record = RunRecord(round_index + 1, target.name, connections)
-            counted = isinstance(target, MeshProxy) and target.counts_operations
-            prefix = target.stat_prefix if isinstance(target, MeshProxy) and counted else ""
+            prefix = target.stat_prefix if isinstance(target, MeshProxy) and meshproxy_counts(target) else ""
             before: int | None = None
             if prefix:
-                before, _ = _find_counter(running, prefix)
+                before, _ = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
             accounting = CpuAccounting(
                 proxy_cpu, load_cpu, running.process.pid if running.process else None, backend_pid
             )
@@ -187,17 +238,11 @@ def _run_target(
                     record.error = "; ".join(record.result["errors"])[:300]
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
                 record.error = str(exc)
-            window = accounting.finish()
-            record.proxy_cpu_busy_pct, record.load_cpu_busy_pct = window.proxy_busy_pct, window.load_busy_pct
-            record.proxy_cpu_foreign_pct = window.proxy_foreign_pct
-            record.load_cpu_foreign_pct = window.load_foreign_pct
-            record.contended = any(
-                f is not None and f > CONTENDED_FOREIGN_PCT for f in (window.proxy_foreign_pct, window.load_foreign_pct)
-            )
+            record.take_cpu(accounting.finish(), running.process is not None)
             if gone := running.exited():
                 record.error = f"{target.name} {gone}"
             if prefix:
-                after, note = _find_counter(running, prefix)
+                after, note = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
                 if after is not None:
                     record.proxy_find_counted = after - (before or 0)
                     sent = record.result["sent"] if record.result else 0
@@ -205,7 +250,7 @@ def _run_target(
                 else:
                     record.proxy_note = note
             records.append(record)
-            _log(_progress(record))
+            log(_progress(record))
             if record.error and running.exited():
                 break
     finally:
@@ -213,57 +258,60 @@ def _run_target(
     return records
 
 
-def _progress(record: RunRecord) -> str:
-    head = f"[round {record.round}] {record.target:<20} {record.connections:>3} conn: "
+def record_progress(record: RunRecord, head: str, figures: Callable[[dict[str, Any]], str]) -> str:
+    """A progress line: ``head``, then ``figures(result)`` and the common tail when the run has a result."""
     if record.result is None:
         return head + f"FAILED {record.error}"
-    r = record.result
-    text = head + f"{r['ops_per_s']:>10,.0f} ops/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
-    if record.proxy_cpu_busy_pct is not None:
-        text += f"  cpu proxy/load {record.proxy_cpu_busy_pct:.0f}%/{record.load_cpu_busy_pct or 0:.0f}%"
-    if record.contended:
-        text += (
-            f"  CONTENDED (others took {record.proxy_cpu_foreign_pct or 0:.0f}%/"
-            f"{record.load_cpu_foreign_pct or 0:.0f}% of the cores)"
-        )
-    if record.proxy_note:
-        text += f"  ({record.proxy_note})"
-    if record.error:
-        text += f"  ERROR {record.error}"
-    return text
+    foreign = (record.proxy_cpu_foreign_pct, record.load_cpu_foreign_pct) if record.contended else None
+    cpu = (record.proxy_cpu_busy_pct, record.load_cpu_busy_pct)
+    return head + figures(record.result) + progress_tail(cpu, foreign, record.proxy_note, record.error)
 
 
-def _parse_connections(text: str) -> list[int]:
+def _progress(record: RunRecord) -> str:
+    head = f"[round {record.round}] {record.target:<20} {record.connections:>3} conn: "
+    return record_progress(
+        record, head, lambda r: f"{r['ops_per_s']:>10,.0f} ops/s  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
+    )
+
+
+def parse_connections(text: str) -> list[int]:
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("connection counts are positive integers, e.g. 1,32")
     return values
 
 
+def add_run_options(
+    parser: argparse.ArgumentParser, known: list[str], duration: float, warmup: float, warmup_help: str
+) -> None:
+    """--duration, --warmup, --rounds, --targets: the same in every benchmark, with its own defaults."""
+    parser.add_argument("--duration", type=float, default=duration, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=warmup, help=warmup_help)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
+    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+
+
+def add_connections_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--connections",
+        type=parse_connections,
+        default=list(DEFAULT_CONNECTIONS),
+        help=f"comma-separated {what} counts (default 1,32)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    known = list(all_targets())
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Direct vs HAProxy vs bare Python forwarders vs meshproxy, interleaved, side by side.",
     )
-    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="unmeasured seconds before")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
-    parser.add_argument(
-        "--connections",
-        type=_parse_connections,
-        default=list(DEFAULT_CONNECTIONS),
-        help="comma-separated connection counts (default 1,32)",
-    )
-    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    add_run_options(parser, list(all_targets()), DEFAULT_DURATION_S, DEFAULT_WARMUP_S, "unmeasured seconds before")
+    add_connections_option(parser, "connection")
     parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
     parser.add_argument(
         "--install-haproxy", action="store_true", help="apt-get install haproxy first when it is missing"
     )
-    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
-    parser.add_argument("--load-cpu", type=int, default=None, help="CPU for load generator + backend (default: second)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    add_common_options(parser, "load generator + backend")
     return parser
 
 
@@ -271,19 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
-    known = all_targets()
-    wanted = [name.strip() for name in args.targets.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        _log(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    selected = select_targets(args, all_targets())
+    if selected is None:
         return 2
-    selected = [known[name] for name in wanted]
 
-    if args.install_haproxy and "haproxy" in wanted and haproxy_binary() is None:
-        _log(_install_haproxy())
+    if args.install_haproxy and any(t.name == "haproxy" for t in selected) and haproxy_binary() is None:
+        log(apt_install(["haproxy"]))
     skipped = {t.name: reason for t in selected if (reason := t.unavailable()) is not None}
     for name, reason in skipped.items():
-        _log(f"{name}: {'skipped' if name == 'haproxy' else 'not available'} ({reason})")
+        log(f"{name}: {'skipped' if name == 'haproxy' else 'not available'} ({reason})")
     runnable = [t for t in selected if t.name not in skipped]
 
     started = time.monotonic()
@@ -292,17 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarize(records, selected, skipped, args.connections)
     print_tables(summaries, args.connections, meta)
     print(LEGEND)
-    _log(f"done in {meta['elapsed_s']}s")
+    return finish(args, meta, skipped, [asdict(s) for s in summaries], records)
+
+
+def finish(
+    args: argparse.Namespace, meta: dict[str, Any], skipped: dict[str, str], summary: object, runs: Sequence[Any]
+) -> int:
+    """The end of every benchmark: how long it took, the JSON when asked, and the exit status.
+
+    A target that is missing or does not start is reported, not fatal; a run that started and failed is.
+    """
+    log(f"done in {meta['elapsed_s']}s")
     if args.json:
-        payload = {
-            "meta": meta,
-            "skipped": skipped,
-            "summary": [asdict(s) for s in summaries],
-            "runs": [asdict(r) for r in records],
-        }
-        with open(args.json, "w") as out:
-            json.dump(payload, out, indent=2)
-        _log(f"wrote {args.json}")
-    # A target that is missing or does not start is reported, not fatal; a run that started and failed is.
-    failed = any(r.error and r.started for r in records)
+        payload = {"meta": meta, "skipped": skipped, "summary": summary, "runs": [asdict(r) for r in runs]}
+        write_json(args.json, payload)
+    failed = any(r.error and r.started for r in runs)
     return 1 if failed else 0

@@ -10,12 +10,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.cpu import CpuWindow
 from benchmarks.targets import MeshProxy, Target
 
 REFERENCE_TARGET = "haproxy"
-
-#: A run is "contended" when processes that are not ours took more than this share of a pinned core.
-CONTENDED_FOREIGN_PCT = 10.0
 
 #: ops/s per proxy core is printed only for throughput-bound runs: one core at least this busy ...
 SATURATED_BUSY_PCT = 90.0
@@ -41,6 +39,12 @@ class RunRecord:
     load_cpu_foreign_pct: float | None = None
     contended: bool = False
 
+    def take_cpu(self, window: CpuWindow, proxy_running: bool) -> None:
+        """Keep the run's CPU accounting (``proxy_running``: a proxy process ran on the proxy core)."""
+        self.proxy_cpu_busy_pct, self.load_cpu_busy_pct = window.proxy_busy_pct, window.load_busy_pct
+        self.proxy_cpu_foreign_pct, self.load_cpu_foreign_pct = window.proxy_foreign_pct, window.load_foreign_pct
+        self.contended = window.contended(proxy_running)
+
 
 @dataclass(slots=True)
 class Summary:
@@ -62,17 +66,42 @@ class Summary:
     notes: list[str] = field(default_factory=list)
 
 
+def progress_tail(
+    cpu: tuple[float | None, float | None],
+    foreign: tuple[float | None, float | None] | None,
+    note: str | None,
+    error: str | None,
+) -> str:
+    """The end of a progress line: the cores' busy shares, contention (``foreign`` when contended), the
+    proxy's own note and the error."""
+    text = ""
+    if cpu[0] is not None:
+        text += f"  cpu proxy/load {cpu[0]:.0f}%/{cpu[1] or 0:.0f}%"
+    if foreign is not None:
+        text += f"  CONTENDED (others took {foreign[0] or 0:.0f}%/{foreign[1] or 0:.0f}% of the cores)"
+    if note:
+        text += f"  ({note})"
+    if error:
+        text += f"  ERROR {error}"
+    return text
+
+
 def summarize(
-    records: list[RunRecord], targets: list[Target], skipped: dict[str, str], connections: list[int]
+    records: list[RunRecord],
+    targets: list[Target],
+    skipped: dict[str, str],
+    connections: list[int],
+    reference: str = REFERENCE_TARGET,
 ) -> list[Summary]:
-    """Median across rounds per (target, connections), relative to HAProxy's median in the same runs."""
+    """Median across rounds per (target, connections), relative to ``reference``'s (HAProxy's) median in the
+    same runs."""
     summaries: list[Summary] = []
     for n in connections:
         by_target: dict[str, Summary] = {}
         for target in targets:
             summary = Summary(target.name, n)
             if target.name in skipped:
-                word = "skipped" if target.name == REFERENCE_TARGET else "not available"
+                word = "skipped" if target.name == reference else "not available"
                 summary.notes.append(f"{word}: {skipped[target.name]}")
                 by_target[target.name] = summary
                 continue
@@ -116,12 +145,12 @@ def summarize(
                 if notes:
                     summary.notes.append(notes[-1])
             by_target[target.name] = summary
-        reference = by_target.get(REFERENCE_TARGET)
+        base = by_target.get(reference)
         for summary in by_target.values():
-            if reference is not None and reference.ops_per_s and summary.ops_per_s is not None:
-                summary.vs_reference_ops_pct = 100.0 * summary.ops_per_s / reference.ops_per_s
-            if reference is not None and reference.p50_us and summary.p50_us is not None:
-                summary.vs_reference_p50 = summary.p50_us / reference.p50_us
+            if base is not None and base.ops_per_s and summary.ops_per_s is not None:
+                summary.vs_reference_ops_pct = 100.0 * summary.ops_per_s / base.ops_per_s
+            if base is not None and base.p50_us and summary.p50_us is not None:
+                summary.vs_reference_p50 = summary.p50_us / base.p50_us
             summaries.append(summary)
     return summaries
 

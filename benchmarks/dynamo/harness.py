@@ -18,13 +18,8 @@ Method (docs/performance.md, section "DynamoDB (HTTP/1.1)", has the long form):
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +31,6 @@ from benchmarks.dynamo.payloads import OPERATIONS, operation
 from benchmarks.dynamo.targets import (
     RQ_TOTAL_PATTERN,
     STAT_PREFIX,
-    DynamoMeshProxy,
     all_targets,
     haproxy_version,
     nginx_binary,
@@ -45,14 +39,27 @@ from benchmarks.dynamo.targets import (
     start_backend,
 )
 from benchmarks.dynamo.wrk import run_wrk, write_scripts, wrk_binary, wrk_version
-from benchmarks.harness import _cpus, _parse_connections
-from benchmarks.report import CONTENDED_FOREIGN_PCT, LEGEND, RunRecord, Summary, print_tables, summarize
-from benchmarks.targets import Running, Target, haproxy_binary, scrape_counter
+from benchmarks.harness import (
+    add_common_options,
+    add_connections_option,
+    add_run_options,
+    alternated,
+    apt_install,
+    cpu_placement,
+    finish,
+    log,
+    meshproxy_counts,
+    record_progress,
+    rotated,
+    run_meta,
+    select_targets,
+    start_target,
+)
+from benchmarks.report import LEGEND, RunRecord, Summary, print_tables, summarize
+from benchmarks.targets import Running, Target, haproxy_binary, meshproxy_version
 
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 1.0
-DEFAULT_ROUNDS = 3
-DEFAULT_CONNECTIONS = (1, 32)
 REFERENCE = "haproxy-http"
 DEFAULT_RETRY_CONTENDED = 2
 RETRY_PAUSE_S = 2.0
@@ -78,38 +85,10 @@ class DynamoRun(RunRecord):
     proxy_errors: int | None = None
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def missing_tools() -> dict[str, str]:
     """Tool name -> package for each of wrk / nginx / haproxy that is not installed."""
     found = {"wrk": wrk_binary(), "nginx": nginx_binary(), "haproxy": haproxy_binary()}
     return {tool: PACKAGES[tool] for tool, path in found.items() if path is None}
-
-
-def install_tools(packages: list[str]) -> str:
-    """``apt-get install -y`` the missing tools (only when asked with --install-tools)."""
-    cmd = ["apt-get", "install", "-y", *packages]
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            return f"cannot install {', '.join(packages)}: not root and no sudo"
-        cmd = ["sudo", "-n", *cmd]
-    _log(f"installing: {' '.join(cmd)}")
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"apt-get install failed: {exc}"
-    if done.returncode != 0:
-        return f"apt-get install failed ({done.returncode}): {done.stderr.strip()[-300:]}"
-    return f"installed {', '.join(packages)}"
-
-
-def _scrape(running: Running, pattern: str) -> int | None:
-    if running.admin_url is None:
-        return None
-    value, _ = scrape_counter(running.admin_url, pattern)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,26 +102,14 @@ class _Setup:
 def run_benchmark(
     args: argparse.Namespace, targets: list[Target], ops: list[str]
 ) -> tuple[list[DynamoRun], dict[str, Any]]:
-    proxy_cpu, load_cpu, pinning = _cpus(args)
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(),
-        "pinning": pinning,
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
-        "rounds": args.rounds,
-        "connections": args.connections,
-        "ops": ops,
-        "versions": {"wrk": wrk_version(), "nginx": nginx_version(), "haproxy": haproxy_version()},
-    }
-    try:
-        import meshproxy
-
-        meta["versions"]["meshproxy"] = f"meshproxy {getattr(meshproxy, '__version__', '?')}"
-    except ImportError:
-        pass
-    _log(
+    proxy_cpu, load_cpu, pinning = cpu_placement(args)
+    meta = run_meta(args, pinning)
+    meta["connections"] = args.connections
+    meta["ops"] = ops
+    meta["versions"] = {"wrk": wrk_version(), "nginx": nginx_version(), "haproxy": haproxy_version()}
+    if version := meshproxy_version():
+        meta["versions"]["meshproxy"] = version
+    log(
         f"DynamoDB benchmark: {pinning}; {args.rounds} round(s) x {len(targets)} target(s) x {len(ops)} op(s) x "
         f"{len(args.connections)} connection count(s), {args.warmup}s warmup + {args.duration}s each"
     )
@@ -156,11 +123,9 @@ def run_benchmark(
             probe(backend.port)
             setup = _Setup(backend, scripts, proxy_cpu, load_cpu)
             for round_index in range(args.rounds):
-                shift = round_index % len(targets)
-                order = targets[shift:] + targets[:shift]
-                counts = list(args.connections) if round_index % 2 == 0 else list(reversed(args.connections))
-                round_ops = ops if round_index % 2 == 0 else list(reversed(ops))
-                for target in order:
+                counts = alternated(args.connections, round_index)
+                round_ops = alternated(ops, round_index)
+                for target in rotated(targets, round_index):
                     records.extend(_run_target(target, round_index, round_ops, counts, setup, args))
         finally:
             backend.stop()
@@ -176,30 +141,27 @@ def _run_target(
     args: argparse.Namespace,
 ) -> list[DynamoRun]:
     combos = [(op, n) for op in ops for n in counts]
-    try:
-        running = target.start(setup.backend.port, setup.proxy_cpu)
-    except Exception as exc:
-        reason = f"did not start: {exc}"
-        _log(f"[round {round_index + 1}] {target.name}: not available ({reason})")
-        return [DynamoRun(round_index + 1, target.name, n, error=reason, started=False, op=op) for op, n in combos]
+    running = start_target(target, setup.backend.port, setup.proxy_cpu, round_index)
+    if isinstance(running, str):
+        return [DynamoRun(round_index + 1, target.name, n, error=running, started=False, op=op) for op, n in combos]
     records: list[DynamoRun] = []
     try:
         try:
             probe(running.port)
         except RuntimeError as exc:
             reason = f"{exc} (through {target.name})"
-            _log(f"[round {round_index + 1}] {target.name}: FAILED {reason}")
+            log(f"[round {round_index + 1}] {target.name}: FAILED {reason}")
             return [DynamoRun(round_index + 1, target.name, n, error=reason, op=op) for op, n in combos]
         for op, connections in combos:
             record = _one_run(target, running, round_index, op, connections, setup, args)
             for _ in range(args.retry_contended):
                 if not record.contended or record.error:
                     break
-                _log(_progress(record) + "  -> retrying")
+                log(_progress(record) + "  -> retrying")
                 time.sleep(RETRY_PAUSE_S)
                 record = _one_run(target, running, round_index, op, connections, setup, args)
             records.append(record)
-            _log(_progress(record))
+            log(_progress(record))
             if record.error and running.exited():
                 break
     finally:
@@ -217,14 +179,14 @@ def _one_run(
     args: argparse.Namespace,
 ) -> DynamoRun:
     record = DynamoRun(round_index + 1, target.name, connections, op=op)
-    counted = isinstance(target, DynamoMeshProxy) and target.counts_operations
+    counted = meshproxy_counts(target)
     script = setup.scripts[op]
     try:
         if args.warmup > 0:
             warm = run_wrk(running.port, script, connections, args.warmup, setup.load_cpu)
             record.warmup_requests = warm["requests"]
-        before = _scrape(running, RQ_TOTAL_PATTERN) if counted else None
-        errors_before = _scrape(running, PROXY_ERRORS_PATTERN) if counted else None
+        before = running.counter(RQ_TOTAL_PATTERN)[0] if counted else None
+        errors_before = running.counter(PROXY_ERRORS_PATTERN)[0] if counted else None
         accounting = CpuAccounting(
             setup.proxy_cpu,
             setup.load_cpu,
@@ -236,11 +198,7 @@ def _one_run(
     except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         record.error = str(exc)
         return record
-    record.proxy_cpu_busy_pct, record.load_cpu_busy_pct = window.proxy_busy_pct, window.load_busy_pct
-    record.proxy_cpu_foreign_pct, record.load_cpu_foreign_pct = window.proxy_foreign_pct, window.load_foreign_pct
-    record.contended = any(
-        f is not None and f > CONTENDED_FOREIGN_PCT for f in (window.proxy_foreign_pct, window.load_foreign_pct)
-    )
+    record.take_cpu(window, running.process is not None)
     result = record.result
     problems = []
     if result["non_2xx"]:
@@ -252,8 +210,8 @@ def _one_run(
         )
     if counted:
         time.sleep(0.05)  # let the proxy finish the requests that were in flight when wrk closed
-        after = _scrape(running, RQ_TOTAL_PATTERN)
-        errors_after = _scrape(running, PROXY_ERRORS_PATTERN)
+        after = running.counter(RQ_TOTAL_PATTERN)[0]
+        errors_after = running.counter(PROXY_ERRORS_PATTERN)[0]
         if after is None or before is None:
             record.proxy_note = "rq_total not scraped"
             problems.append("dynamodb.bench.rq_total not found on the admin endpoint")
@@ -276,22 +234,9 @@ def _one_run(
 
 def _progress(record: DynamoRun) -> str:
     head = f"[round {record.round}] {record.target:<20} {record.op:<7} {record.connections:>3} conn: "
-    if record.result is None:
-        return head + f"FAILED {record.error}"
-    r = record.result
-    text = head + f"{r['req_per_s']:>10,.0f} req/s  p50 {r['p50_us']:6d} us  p99 {r['p99_us']:6d} us"
-    if record.proxy_cpu_busy_pct is not None:
-        text += f"  cpu proxy/load {record.proxy_cpu_busy_pct:.0f}%/{record.load_cpu_busy_pct or 0:.0f}%"
-    if record.contended:
-        text += (
-            f"  CONTENDED (others took {record.proxy_cpu_foreign_pct or 0:.0f}%/"
-            f"{record.load_cpu_foreign_pct or 0:.0f}% of the cores)"
-        )
-    if record.proxy_note:
-        text += f"  ({record.proxy_note})"
-    if record.error:
-        text += f"  ERROR {record.error}"
-    return text
+    return record_progress(
+        record, head, lambda r: f"{r['req_per_s']:>10,.0f} req/s  p50 {r['p50_us']:6d} us  p99 {r['p99_us']:6d} us"
+    )
 
 
 def summarize_dynamo(
@@ -299,26 +244,18 @@ def summarize_dynamo(
 ) -> list[Summary]:
     """:func:`benchmarks.report.summarize` for one operation, relative to ``haproxy-http``."""
     mine: list[RunRecord] = [r for r in records if r.op == op]
-    summaries = summarize(mine, targets, skipped, connections)
-    for n in connections:
-        rows = [s for s in summaries if s.connections == n]
-        reference = next((s for s in rows if s.target == REFERENCE), None)
-        for s in rows:
-            s.vs_reference_ops_pct = s.vs_reference_p50 = None
-            if reference is not None and reference.ops_per_s and s.ops_per_s is not None:
-                s.vs_reference_ops_pct = 100.0 * s.ops_per_s / reference.ops_per_s
-            if reference is not None and reference.p50_us and s.p50_us is not None:
-                s.vs_reference_p50 = s.p50_us / reference.p50_us
-            if s.target in skipped:
-                s.notes = [f"skipped: {skipped[s.target]}"]
-            non_2xx = sum(
-                r.result["non_2xx"]
-                for r in records
-                if r.op == op and r.target == s.target and r.connections == n
-                if r.result
-            )
-            if non_2xx:
-                s.notes.append(f"{non_2xx:,} responses >= 400 across rounds")
+    summaries = summarize(mine, targets, skipped, connections, reference=REFERENCE)
+    for s in summaries:
+        if s.target in skipped:
+            s.notes = [f"skipped: {skipped[s.target]}"]
+        non_2xx = sum(
+            r.result["non_2xx"]
+            for r in records
+            if r.op == op and r.target == s.target and r.connections == s.connections
+            if r.result
+        )
+        if non_2xx:
+            s.notes.append(f"{non_2xx:,} responses >= 400 across rounds")
     return summaries
 
 
@@ -368,23 +305,13 @@ requests wrk completed; +d (0..connections) are requests still in flight when wr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    known = list(all_targets())
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.dynamo",
         description="DynamoDB over HTTP/1.1: direct vs HAProxy (HTTP mode) vs nginx vs forwarders vs meshproxy.",
     )
-    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per run")
-    parser.add_argument(
-        "--warmup", type=float, default=DEFAULT_WARMUP_S, help="seconds of a separate wrk run before each (0: none)"
-    )
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
-    parser.add_argument(
-        "--connections",
-        type=_parse_connections,
-        default=list(DEFAULT_CONNECTIONS),
-        help="comma-separated keep-alive connection counts (default 1,32)",
-    )
-    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    warmup_help = "seconds of a separate wrk run before each (0: none)"
+    add_run_options(parser, list(all_targets()), DEFAULT_DURATION_S, DEFAULT_WARMUP_S, warmup_help)
+    add_connections_option(parser, "keep-alive connection")
     parser.add_argument(
         "--op",
         choices=[*OPERATIONS, "both"],
@@ -399,14 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeat a run up to N times while other processes took > 10%% of a pinned core (default 2)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 1s runs, no warmup, 1 round")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     parser.add_argument(
         "--install-tools", action="store_true", help="apt-get install whichever of wrk, nginx-light, haproxy is missing"
     )
-    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
-    parser.add_argument("--load-cpu", type=int, default=None, help="CPU for wrk + nginx backend (default: second)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    add_common_options(parser, "wrk + nginx backend")
     return parser
 
 
@@ -414,18 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds, args.retry_contended = 1.0, 0.0, 1, 0
-    known = all_targets()
-    wanted = [name.strip() for name in args.targets.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in known]
-    if unknown:
-        _log(f"unknown target(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    selected = select_targets(args, all_targets())
+    if selected is None:
         return 2
-    selected = [known[name] for name in wanted]
     ops = list(OPERATIONS) if args.op == "both" else [args.op]
 
     missing = missing_tools()
     if args.install_tools and missing:
-        _log(install_tools(sorted(set(missing.values()))))
+        log(apt_install(sorted(set(missing.values()))))
         missing = missing_tools()
     skipped: dict[str, str] = {}
     for tool in ("wrk", "nginx"):  # the load generator and the backend: nothing runs without them
@@ -436,14 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         if t.name not in skipped and (reason := t.unavailable()) is not None:
             skipped[t.name] = reason
     for name, reason in skipped.items():
-        _log(f"{name}: skipped ({reason})")
+        log(f"{name}: skipped ({reason})")
     runnable = [t for t in selected if t.name not in skipped]
 
     started = time.monotonic()
     try:
         records, meta = run_benchmark(args, runnable, ops)
     except RuntimeError as exc:  # the backend itself did not start or answer
-        _log(f"backend failed: {exc}")
+        log(f"backend failed: {exc}")
         return 1
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     per_op = {op: summarize_dynamo(records, selected, skipped, args.connections, op) for op in ops}
@@ -459,16 +379,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['date']}; {meta['machine']}; Python {meta['python']}; {versions}")
     if args.markdown:
         print(markdown_tables(per_op, args.connections))
-    _log(f"done in {meta['elapsed_s']}s")
-    if args.json:
-        payload = {
-            "meta": meta,
-            "skipped": skipped,
-            "summary": {op: [asdict(s) for s in rows] for op, rows in per_op.items()},
-            "runs": [asdict(r) for r in records],
-        }
-        with open(args.json, "w") as out:
-            json.dump(payload, out, indent=2)
-        _log(f"wrote {args.json}")
-    failed = any(r.error and r.started for r in records)
-    return 1 if failed else 0
+    summary = {op: [asdict(s) for s in rows] for op, rows in per_op.items()}
+    return finish(args, meta, skipped, summary, records)

@@ -7,15 +7,8 @@ it pinned to the proxy CPU and returns where the load connects. Everything binds
 from __future__ import annotations
 
 import http.client
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from benchmarks.dynamo.payloads import (
     CONTENT_TYPE,
@@ -26,66 +19,31 @@ from benchmarks.dynamo.payloads import (
 )
 from benchmarks.targets import (
     LOCALHOST,
-    REPO_ROOT,
     Direct,
+    HAProxy,
     MeshProxy,
     PythonForwarder,
     Running,
     Target,
     free_port,
-    haproxy_binary,
-    pinned,
-    tail,
-    wait_for_port,
+    nginx_binary,
+    nginx_config,
+    start_nginx,
 )
+from benchmarks.targets import haproxy_version as haproxy_first_line
+from benchmarks.targets import nginx_version as nginx_first_line
 
 STAT_PREFIX = "bench"
 RQ_TOTAL_PATTERN = rf"^dynamodb\.{STAT_PREFIX}\.rq_total$"
 
 
-def nginx_binary() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
-
-
 def nginx_version() -> str:
-    binary = nginx_binary()
-    if binary is None:
-        return ""
-    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
-    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ").replace("/", " ")
+    return nginx_first_line().replace("/", " ")
 
 
 def haproxy_version() -> str:
-    binary = haproxy_binary()
-    if binary is None:
-        return ""
-    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stdout
-    return out.splitlines()[0].split(" - ")[0].replace(" version ", " ") if out else ""
+    return haproxy_first_line().split(" - ")[0].replace(" version ", " ")
 
-
-_NGINX_COMMON = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-{body}
-}}
-"""
 
 _NGINX_BACKEND = """\
     map $http_x_amz_target $dynamo_body {{
@@ -145,35 +103,12 @@ def nginx_backend_config(directory: str, port: int) -> str:
         content_type=CONTENT_TYPE,
         request_id=REQUEST_ID,
     )
-    return _NGINX_COMMON.format(dir=directory, body=body)
+    return nginx_config(directory, body)
 
 
 def nginx_proxy_config(directory: str, port: int, backend_port: int) -> str:
     body = _NGINX_PROXY.format(host=LOCALHOST, port=port, backend_port=backend_port)
-    return _NGINX_COMMON.format(dir=directory, body=body)
-
-
-def start_nginx(render: Callable[[str], str], port: int, cpu: int | None, prefix: str) -> Running:
-    """``nginx -c <conf> -g 'daemon off;'`` (master + one worker, both on ``cpu``) once it listens."""
-    binary = nginx_binary()
-    if binary is None:
-        raise RuntimeError("nginx not installed")
-    workdir = tempfile.TemporaryDirectory(prefix=prefix)
-    conf = Path(workdir.name) / "nginx.conf"
-    conf.write_text(render(workdir.name))
-    log = Path(workdir.name) / "error.log"
-    cmd = [binary, "-p", workdir.name, "-c", str(conf), "-e", str(log), "-g", "daemon off;"]
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu), cwd=workdir.name
-    )
-    running = Running(port=port, process=process, log=log, workdir=workdir)
-    try:
-        wait_for_port(port, process)
-    except RuntimeError as exc:
-        detail = tail(log, lines=1)
-        running.stop()
-        raise RuntimeError(f"{exc}{': ' + detail if detail else ''}") from None
-    return running
+    return nginx_config(directory, body)
 
 
 def start_backend(cpu: int | None) -> Running:
@@ -219,21 +154,12 @@ class NginxProxy(Target):
         return start_nginx(render, port, cpu, "bench-dynamo-nginx-proxy-")
 
 
+#: Continues :data:`benchmarks.targets.HAPROXY_COMMON`'s ``defaults`` section.
 HAPROXY_HTTP_CONFIG = """\
-global
-    nbthread 1
-    maxconn 4096
-    log stderr format short local0 emerg
-
-defaults
     mode http
     option http-keep-alive
     http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
     timeout http-keep-alive 60s
-    option dontlognull
 
 frontend bench
     bind {host}:{port}
@@ -244,89 +170,38 @@ backend dynamo
 """
 
 
-@dataclass(slots=True)
-class HAProxyHttp(Target):
-    """HAProxy in HTTP mode (L7), one thread, reusing upstream connections: the reference."""
-
-    def unavailable(self) -> str | None:
-        if haproxy_binary() is None:
-            return "haproxy not installed (apt-get install haproxy, or --install-tools)"
-        return None
-
-    def describe_version(self) -> str:
-        return haproxy_version()
-
-    def start(self, backend_port: int, cpu: int | None) -> Running:
-        binary = haproxy_binary()
-        assert binary is not None
-        workdir = tempfile.TemporaryDirectory(prefix="bench-dynamo-haproxy-")
-        port = free_port()
-        cfg = Path(workdir.name) / "haproxy.cfg"
-        cfg.write_text(HAPROXY_HTTP_CONFIG.format(host=LOCALHOST, port=port, backend_port=backend_port))
-        log = Path(workdir.name) / "haproxy.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [binary, "-db", "-f", str(cfg)], stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu)
-            )
-        running = Running(port=port, process=process, log=log, workdir=workdir)
-        try:
-            wait_for_port(port, process)
-        except RuntimeError as exc:
-            detail = tail(log, lines=1)
-            running.stop()
-            raise RuntimeError(f"{exc}{': ' + detail if detail else ''}") from None
-        return running
-
-
-@dataclass(slots=True)
-class DynamoMeshProxy(MeshProxy):
+def meshproxy(name: str, description: str, **options: Any) -> MeshProxy:
     """``python -m meshproxy sidecar dynamo ...`` exactly as a user starts it (``extra_args`` appended)."""
-
-    module: str = "meshproxy"
-
-    def unavailable(self) -> str | None:
-        try:
-            if importlib.util.find_spec("meshproxy.transport.dynamo_session") is None:
-                return "meshproxy has no DynamoDB session yet"
-        except ImportError as exc:
-            return f"meshproxy not importable: {exc}"
-        return None
-
-    def start(self, backend_port: int, cpu: int | None) -> Running:
-        port, admin = free_port(), free_port()
-        cmd = [sys.executable, "-m", self.module, "sidecar", "dynamo"]
-        cmd += ["--listen", f"{LOCALHOST}:{port}", "--upstream", f"{LOCALHOST}:{backend_port}"]
-        cmd += ["--admin", f"{LOCALHOST}:{admin}", "--stat-prefix", self.stat_prefix, *self.extra_args]
-        workdir = tempfile.TemporaryDirectory(prefix="bench-dynamo-meshproxy-")
-        log = Path(workdir.name) / "meshproxy.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pinned(cpu)
-            )
-        running = Running(port=port, process=process, admin_url=f"http://{LOCALHOST}:{admin}", log=log, workdir=workdir)
-        try:
-            wait_for_port(port, process)
-        except RuntimeError as exc:
-            detail = tail(log, lines=1)
-            running.stop()
-            raise RuntimeError(f"{exc}{': ' + detail if detail else ''}") from None
-        return running
+    return MeshProxy(
+        name,
+        description,
+        module="meshproxy",
+        protocol="dynamo",
+        requires="meshproxy.transport.dynamo_session",
+        stat_prefix=STAT_PREFIX,
+        **options,
+    )
 
 
 def all_targets() -> dict[str, Target]:
     """Every target, in the order the tables list them."""
     targets: list[Target] = [
         Direct("direct", "wrk straight to the nginx backend"),
-        HAProxyHttp("haproxy-http", "HAProxy mode http, http-reuse always, nbthread 1"),
+        HAProxy(
+            "haproxy-http",
+            "HAProxy mode http, http-reuse always, nbthread 1",
+            config=HAPROXY_HTTP_CONFIG,
+            install_hint="--install-tools",
+            workdir_prefix="bench-dynamo-haproxy-",
+        ),
         NginxProxy("nginx-proxy", "nginx reverse proxy, upstream keepalive, 1 worker"),
         PythonForwarder("asyncio-forwarder", "TCP byte forwarder, asyncio Protocols on uvloop", kind="asyncio"),
         PythonForwarder("anyio-forwarder", "TCP byte forwarder, anyio streams", kind="anyio"),
-        DynamoMeshProxy("meshproxy", "meshproxy sidecar dynamo, default filters (full stats)", stat_prefix=STAT_PREFIX),
-        DynamoMeshProxy(
+        meshproxy("meshproxy", "meshproxy sidecar dynamo, default filters (full stats)"),
+        meshproxy(
             "meshproxy-nofilters",
             "meshproxy sidecar dynamo --no-filters: HTTP framing + DynamoDB parsing, no filters",
             extra_args=["--no-filters"],
-            stat_prefix=STAT_PREFIX,
             counts_operations=False,
         ),
     ]

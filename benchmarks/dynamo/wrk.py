@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from benchmarks.dynamo.payloads import Operation
-from benchmarks.targets import LOCALHOST, pinned
+from benchmarks.targets import LOCALHOST, find_tool, pinned
 
 MARKER = "WRK_JSON "
 
@@ -36,7 +35,7 @@ end
 
 
 def wrk_binary() -> str | None:
-    return shutil.which("wrk") or next((p for p in ("/usr/bin/wrk", "/usr/local/bin/wrk") if Path(p).exists()), None)
+    return find_tool("wrk")
 
 
 def wrk_version() -> str:

@@ -20,15 +20,12 @@ Rounds interleave the targets (order rotated by one per round); the tables show 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,21 +33,42 @@ from typing import Any
 
 from benchmarks.cpu import CpuAccounting
 from benchmarks.grpc import wire
-from benchmarks.grpc.targets import MeshProxy, Target, all_targets, scrape_stats, stop, sum_matching, tool
-from benchmarks.targets import LOCALHOST, REPO_ROOT, Running, pinned, read_listening_line, stop_process
+from benchmarks.grpc.targets import all_targets
+from benchmarks.harness import (
+    add_common_options,
+    add_run_options,
+    alternated,
+    apt_install,
+    cpu_placement,
+    finish,
+    log,
+    rotated,
+    run_meta,
+    select_targets,
+    start_target,
+)
+from benchmarks.report import progress_tail
+from benchmarks.targets import (
+    LOCALHOST,
+    REPO_ROOT,
+    MeshProxy,
+    Running,
+    Target,
+    find_tool,
+    pinned,
+    read_listening_line,
+    scrape_stats,
+    stop_process,
+    sum_matching,
+)
 
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
-DEFAULT_ROUNDS = 3
 WORKLOADS = ("unary-1", "unary-32", "stream")
 UNARY_PATH = "/bench.Echo/Unary"
 STREAM_MESSAGES, STREAM_PAYLOAD = 5000, 16
-CONTENDED_FOREIGN_PCT = 10.0
 REFERENCES = ("nginx-grpc", "haproxy-h2")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+LOAD_SIDE = "load + backend"
 
 
 @dataclass(slots=True)
@@ -76,7 +94,7 @@ class Run:
 
 
 def _h2load(port: int, streams: int, body: Path, cpu: int | None, *, seconds: float = 0, calls: int = 0) -> dict:
-    binary = tool("h2load")
+    binary = find_tool("h2load")
     assert binary is not None
     cmd = [binary, f"http://{LOCALHOST}:{port}{UNARY_PATH}", "-d", str(body), "-c", "1", "-t", "1", "-m", str(streams)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
@@ -204,9 +222,7 @@ def run_one(target: Target, running: Running, workload: str, place: _Place, args
     window = accounting.finish()
     run.proxy_cpu_pct, run.load_cpu_pct = window.proxy_busy_pct, window.load_busy_pct
     run.detail["foreign_cpu_pct"] = (window.proxy_foreign_pct, window.load_foreign_pct)
-    # Without a proxy process (direct) nothing of ours runs on the proxy core: only the load core matters.
-    shares = (window.proxy_foreign_pct, window.load_foreign_pct) if running.process else (window.load_foreign_pct,)
-    run.contended = any(f is not None and f > CONTENDED_FOREIGN_PCT for f in shares)
+    run.contended = window.contended(running.process is not None)
     if run.rate and workload.startswith("unary"):
         key = (target.name, workload)
         args.rate_hints[key] = max(args.rate_hints.get(key, 0.0), run.rate)
@@ -228,7 +244,7 @@ def _check_counts(run: Run, running: Running, target: Target, method: str, befor
     if run.workload == "stream":
         calls, messages = detail.get("calls"), detail.get("messages")
         up = _delta(after, before, "upstream_rq")
-        if target.filters:
+        if target.counts_operations:
             counted_calls, ok = _delta(after, before, "calls"), _delta(after, before, "success")
             run.counted = _delta(after, before, "messages")
             run.note = f"counted {run.counted:,} of {messages:,} messages, {counted_calls} calls ({ok} ok) of {calls}"
@@ -242,7 +258,7 @@ def _check_counts(run: Run, running: Running, target: Target, method: str, befor
         return
     done = detail.get("done")
     up = _delta(after, before, "upstream_rq")
-    if target.filters:
+    if target.counts_operations:
         run.counted, ok = _delta(after, before, "calls"), _delta(after, before, "success")
         run.note = f"counted {run.counted:,} calls ({ok:,} grpc-status 0) of {done:,} done"
         if run.counted != done or ok != done:
@@ -265,19 +281,8 @@ class _Place:
 # -- rounds -------------------------------------------------------------------------------------------
 
 
-def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None, str]:
-    if args.no_pin or not hasattr(os, "sched_getaffinity"):
-        return None, None, "no pinning"
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2 and (args.proxy_cpu is None or args.load_cpu is None):
-        return None, None, f"no pinning (only {len(allowed)} CPU available)"
-    proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else allowed[0]
-    load_cpu = args.load_cpu if args.load_cpu is not None else allowed[1]
-    return proxy_cpu, load_cpu, f"proxy on CPU {proxy_cpu}; load + backend on CPU {load_cpu}"
-
-
 def run_benchmark(args: argparse.Namespace, targets: list[Target], workloads: list[str]) -> list[Run]:
-    proxy_cpu, load_cpu, _ = _cpus(args)
+    proxy_cpu, load_cpu, _ = cpu_placement(args, LOAD_SIDE)
     backend = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.grpc.backend", "--host", LOCALHOST, "--port", "0"],
         cwd=REPO_ROOT,
@@ -290,11 +295,10 @@ def run_benchmark(args: argparse.Namespace, targets: list[Target], workloads: li
     try:
         backend_port = read_listening_line(backend)
         place = _Place(backend.pid, proxy_cpu, load_cpu, body)
-        for rnd in range(1, args.rounds + 1):
-            shift = (rnd - 1) % len(targets) if targets else 0
-            for target in targets[shift:] + targets[:shift]:
-                order = workloads if rnd % 2 else list(reversed(workloads))
-                runs.extend(_run_target(target, backend_port, place, order, args, rnd))
+        for round_index in range(args.rounds):
+            for target in rotated(targets, round_index):
+                order = alternated(workloads, round_index)
+                runs.extend(_run_target(target, backend_port, place, order, args, round_index + 1))
     finally:
         stop_process(backend)
     return runs
@@ -303,11 +307,9 @@ def run_benchmark(args: argparse.Namespace, targets: list[Target], workloads: li
 def _run_target(
     target: Target, backend_port: int, place: _Place, workloads: list[str], args: argparse.Namespace, rnd: int
 ) -> list[Run]:
-    try:
-        running = target.start(backend_port, place.proxy_cpu)
-    except Exception as exc:  # any start failure is a row, not a crash
-        _log(f"[round {rnd}] {target.name}: not available (did not start: {exc})")
-        return [Run(rnd, target.name, w, error=f"did not start: {exc}", started=False) for w in workloads]
+    running = start_target(target, backend_port, place.proxy_cpu, rnd - 1)
+    if isinstance(running, str):
+        return [Run(rnd, target.name, w, error=running, started=False) for w in workloads]
     runs: list[Run] = []
     try:
         for workload in workloads:
@@ -316,13 +318,11 @@ def _run_target(
             except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
                 run = Run(rnd, target.name, workload, error=f"{type(exc).__name__}: {exc}")
             runs.append(run)
-            _log(_progress(run))
+            log(_progress(run))
             if running.exited():
                 break
     finally:
-        stop(running)
-        if running.workdir is not None:
-            running.workdir.cleanup()
+        running.stop()
     return runs
 
 
@@ -334,16 +334,8 @@ def _progress(run: Run) -> str:
     text = f"{head} {run.rate:>12,.0f} {unit}"
     if run.mean_us is not None:
         text += f"  mean {run.mean_us:8.1f} us  max {run.max_us or 0:8.1f} us"
-    if run.proxy_cpu_pct is not None:
-        text += f"  cpu proxy/load {run.proxy_cpu_pct:.0f}%/{run.load_cpu_pct or 0:.0f}%"
-    if run.contended:
-        proxy, load = run.detail.get("foreign_cpu_pct", (None, None))
-        text += f"  CONTENDED (others took {proxy or 0:.0f}%/{load or 0:.0f}%)"
-    if run.note:
-        text += f"  ({run.note})"
-    if run.error:
-        text += f"  ERROR {run.error}"
-    return text
+    foreign = run.detail.get("foreign_cpu_pct", (None, None)) if run.contended else None
+    return text + progress_tail((run.proxy_cpu_pct, run.load_cpu_pct), foreign, run.note, run.error)
 
 
 # -- summary ------------------------------------------------------------------------------------------
@@ -461,42 +453,23 @@ load core (load generator + backend). direct is the ceiling of the load core, no
 # -- main -----------------------------------------------------------------------------------------------
 
 
-def _install_tools(names: list[str]) -> None:
-    packages = {"h2load": "nghttp2-client", "nginx": "nginx-light", "haproxy": "haproxy"}
-    wanted = [packages[n] for n in names if tool(n) is None]
-    if not wanted:
-        return
-    cmd = ["apt-get", "install", "-y", *wanted]
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            _log("cannot install tools: not root and no sudo")
-            return
-        cmd = ["sudo", "-n", *cmd]
-    _log(f"installing: {' '.join(cmd)}")
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        _log(f"apt-get failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+#: Debian package per tool, for --install-tools.
+PACKAGES = {"h2load": "nghttp2-client", "nginx": "nginx-light", "haproxy": "haproxy"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     known = list(all_targets())
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc", description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="unmeasured seconds before each run")
-    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
-    parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    add_run_options(parser, known, DEFAULT_DURATION_S, DEFAULT_WARMUP_S, "unmeasured seconds before each run")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of: {', '.join(WORKLOADS)}")
     parser.add_argument("--stream-messages", type=int, default=STREAM_MESSAGES, help="messages per streaming call")
     parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
-    parser.add_argument("--json", metavar="PATH", help="also write every run and the summary as JSON")
     parser.add_argument(
         "--install-tools",
         action="store_true",
         help="apt-get install h2load (nghttp2-client), nginx-light, haproxy when missing",
     )
-    parser.add_argument("--proxy-cpu", type=int, default=None, help="CPU for the proxy (default: first)")
-    parser.add_argument("--load-cpu", type=int, default=None, help="CPU for load + backend (default: second)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    add_common_options(parser, LOAD_SIDE)
     return parser
 
 
@@ -505,50 +478,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
         args.stream_messages = min(args.stream_messages, 1000)
-    known = all_targets()
-    wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+    selected = select_targets(args, all_targets())
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = [n for n in wanted if n not in known] + [w for w in workloads if w not in WORKLOADS]
-    if unknown:
-        _log(f"unknown target(s)/workload(s): {', '.join(unknown)}")
+    if unknown := [w for w in workloads if w not in WORKLOADS]:
+        log(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
         return 2
-    if args.install_tools:
-        _install_tools(["h2load", "nginx", "haproxy"])
-    selected = [known[n] for n in wanted]
+    if selected is None:
+        return 2
+    if args.install_tools and (missing := [pkg for name, pkg in PACKAGES.items() if find_tool(name) is None]):
+        log(apt_install(missing))
     skipped = {t.name: why for t in selected if (why := t.unavailable()) is not None}
     for name, why in skipped.items():
-        _log(f"{name}: skipped ({why})")
+        log(f"{name}: skipped ({why})")
     workload_skipped = {}
-    if tool("h2load") is None:
+    if find_tool("h2load") is None:
         for w in workloads:
             if w.startswith("unary"):
                 workload_skipped[w] = "h2load not installed (apt-get install nghttp2-client, or --install-tools)"
     runnable_workloads = [w for w in workloads if w not in workload_skipped]
     runnable = [t for t in selected if t.name not in skipped]
-    _, _, pinning = _cpus(args)
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "python": platform.python_version(),
-        "pinning": pinning,
-        "duration_s": args.duration,
-        "warmup_s": args.warmup,
-        "rounds": args.rounds,
-        "stream_messages_per_call": args.stream_messages,
-        "versions": {t.name: v for t in selected if t.name not in skipped and (v := t.describe_version())},
-    }
-    if (h2load := tool("h2load")) is not None:
+    _, _, pinning = cpu_placement(args, LOAD_SIDE)
+    meta = run_meta(args, pinning)
+    meta["stream_messages_per_call"] = args.stream_messages
+    meta["versions"] = {t.name: v for t in selected if t.name not in skipped and (v := t.describe_version())}
+    if (h2load := find_tool("h2load")) is not None:
         meta["versions"]["h2load"] = subprocess.run(
             [h2load, "--version"], capture_output=True, text=True, check=False
         ).stdout.strip()
-    _log(
+    log(
         f"gRPC benchmark: {pinning}; {args.rounds} round(s) x {len(runnable)} target(s) x "
         f"{len(runnable_workloads)} workload(s), {args.warmup}s warmup + {args.duration}s each"
     )
-    _log("versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
+    log("versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
     started = time.monotonic()
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as workdir:
         args.workdir = workdir
         args.rate_hints = {}
@@ -560,15 +522,4 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(summaries, workloads, meta)
     print()
     print(LEGEND)
-    _log(f"done in {meta['elapsed_s']}s")
-    if args.json:
-        payload = {
-            "meta": meta,
-            "skipped": skipped,
-            "summary": [asdict(s) for s in summaries],
-            "runs": [asdict(r) for r in runs],
-        }
-        with open(args.json, "w") as out:
-            json.dump(payload, out, indent=2)
-        _log(f"wrote {args.json}")
-    return 1 if any(r.error and r.started for r in runs) else 0
+    return finish(args, meta, skipped, [asdict(s) for s in summaries], runs)
