@@ -9,6 +9,7 @@ Load errors name the file, the path inside it and the field (``ConfigError``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from pathlib import Path
 from types import UnionType
@@ -323,6 +324,9 @@ class TlsServerConfig(_Model):
     """ALPN protocols offered; default by listener protocol: ``grpc`` h2, ``dynamo`` http/1.1, ``auto`` both,
     none for ``mongo`` and ``tcp``."""
     min_version: Literal["1.2", "1.3"] = "1.2"
+    reload_interval: Duration = 1.0
+    """How often the certificate, key and CA files are checked for changes; changed files are loaded for
+    new connections (open ones keep theirs). ``0`` turns the check off."""
 
 
 class TlsClientConfig(_Model):
@@ -635,7 +639,8 @@ class ClusterConfig(_Model):
     tls: TlsClientConfig | None = None
     """Connect to the hosts over TLS."""
     lb_policy: Literal["round_robin", "least_request", "random", "ring_hash", "maglev"] = "round_robin"
-    """How a host is picked for each new upstream connection (``meshproxy.lb``; see docs/clusters.md)."""
+    """How a host is picked for each request: a Mongo operation, a DynamoDB request, a gRPC call (a ``tcp``
+    listener's connection) (``meshproxy.lb``; see docs/clusters.md)."""
     panic_threshold: float = Field(50.0, ge=0, le=100)
     """Below this share of healthy hosts (percent), balance over all hosts, as Envoy does."""
     health_check: ClusterHealthCheckConfig | None = None
@@ -664,8 +669,38 @@ class ClusterConfig(_Model):
         return self
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminConfig(_Model):
     address: Address = ("127.0.0.1", 9901)
+    tls: TlsServerConfig | None = None
+    """Serve the admin over HTTPS; with ``client_ca_file``, only clients with a certificate it signed."""
+    token_file: ReadableFile | None = None
+    """A file holding a bearer token: every request but ``/ready`` must send ``Authorization: Bearer <token>``."""
+
+    @model_validator(mode="after")
+    def _secured_off_loopback(self) -> AdminConfig:
+        host = self.address[0]
+        if _is_loopback(host):
+            return self
+        if self.tls is None:
+            raise _LocatedError(
+                [(("tls",), f"the admin is bound to {host}, not a loopback address: it needs 'tls' and a "
+                            "'token_file' (or 'tls.client_ca_file' for mutual TLS)")]
+            )
+        if self.token_file is None and self.tls.client_ca_file is None:
+            raise _LocatedError(
+                [(("token_file",), f"the admin is bound to {host}, not a loopback address: it needs a "
+                                   "'token_file' (or 'tls.client_ca_file' for mutual TLS)")]
+            )
+        return self
 
 
 class MeshConfig(_Model):

@@ -61,6 +61,7 @@ from meshproxy.codecs.dynamo import (
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
 from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse
+from meshproxy.filters.dynamo.sigv4 import DynamoRequestSigner, authority, signer_for
 from meshproxy.lb import MaglevBalancer, RingHashBalancer
 from meshproxy.transport.http1_upstream import Http1Upstream
 from meshproxy.transport.relay import Relay
@@ -163,6 +164,9 @@ class DynamoSession(Relay):
         """A request that could not be framed, answered (and the connection closed) once those before it are."""
         self._draining = False
         self._reading_paused = False
+        self._signer: DynamoRequestSigner | None = None
+        """SigV4 re-signing (``aws``): the listener's signer, looked up at the first request to sign."""
+        self._signing_added: Counter | None = None
 
     # -- requests from the client ---------------------------------------------------------------------
 
@@ -341,8 +345,49 @@ class DynamoSession(Relay):
             self.info.upstream = host.name
         self._current = conn
         self.up_transport = conn.transport
+        data = in_flight.request.raw
+        if self.config.aws is not None:
+            signed = self._sign_for(in_flight, host)
+            if signed is None:
+                return
+            data = signed
         conn.decoder.expect_response(head=in_flight.request.method == b"HEAD")
-        conn.write(in_flight.request.raw)
+        conn.write(data)
+
+    def _sign_for(self, in_flight: _InFlight, host: Host) -> bytes | None:
+        """``aws``: the request re-signed for ``host``, here because the signature covers the ``Host`` of the
+        host picked for this very request (a request moved to another host is signed again). None when it
+        cannot be signed (no credentials, a refresh failed at expiry): then it is answered 500."""
+        aws = self.config.aws
+        assert aws is not None
+        cluster = self.cluster
+        try:
+            signer = self._signer
+            if signer is None:
+                signer = self._signer = signer_for(self.listener, aws)
+            tls = cluster.tls is not None
+            name = authority(host.address, tls=tls, override=aws.host, tls_name=cluster.server_hostname(host))
+            signed = signer.sign(in_flight.request, name, tls=tls)
+        except Exception as error:
+            log.error(
+                "listener %s: connection %d: cannot sign the request with SigV4 (%s: %s)",
+                self.listener.name, self.connection_id, type(error).__name__, error,
+            )
+            self._fail_in_flight(500, f"cannot sign the request: {error}", self._signing_stat("signing_failed"))
+            return None
+        added = self._signing_added
+        if added is None:
+            added = self._signing_added = self._signing_stat("signing_added")
+        added.inc()
+        return signed
+
+    def _signing_stat(self, name: str) -> Counter:
+        """``dynamodb.<prefix>.aws_request_signing.<name>`` (Envoy's ``signing_added`` / ``signing_failed``)."""
+        prefix = self.config.prefix
+        return self.cluster.store.counter(
+            f"dynamodb.{prefix}.aws_request_signing.{name}",
+            prom=f"meshproxy_dynamodb_aws_request_{name}", labels={"prefix": prefix},
+        )
 
     def send_upstream(self, data: bytes) -> None:
         """Passthrough only: bytes go on as they are, on the session's current connection."""
