@@ -130,6 +130,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-body-size", type=_typed(parse_size, "size"), metavar="SIZE",
         help="largest request or response body accepted, e.g. 16MiB (the default); larger requests get a 413",
     )
+    dynamo.add_argument(
+        "--aws-region", metavar="REGION",
+        help="re-sign every request with SigV4 for this region and the upstream host (clients may then use "
+        "dummy credentials); off by default",
+    )
+    dynamo.add_argument(
+        "--aws-credentials", default="default-chain", metavar="default-chain|profile:NAME",
+        help="with --aws-region: botocore's default credential chain (environment, shared files, SSO, "
+        "instance or container role; the default) or a named profile",
+    )
+    dynamo.add_argument(
+        "--aws-host", metavar="HOST",
+        help="with --aws-region: the Host to send and sign for (default: the upstream's address)",
+    )
 
     grpc = protocols.add_parser(
         "grpc",
@@ -165,7 +179,7 @@ def _add_common_sidecar_arguments(
     )
     command.add_argument(
         "--lb", choices=["round_robin", "least_request", "random", "ring_hash", "maglev"], default="round_robin",
-        help="how a host of several --upstream is picked for each upstream connection (default round_robin)",
+        help="how a host of several --upstream is picked for each operation, request or call (default round_robin)",
     )
     command.add_argument(
         "--admin", type=_admin_address, default=("127.0.0.1", 9901), metavar="HOST:PORT|off",
@@ -216,6 +230,9 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
             options["upstream_timeout"] = args.upstream_timeout
         if args.max_body_size is not None:
             options["max_body_size"] = args.max_body_size
+        aws = _aws_signing(args)
+        if aws is not None:
+            options["aws"] = aws
         filters = [DynamoStatsFilterConfig(), *access_log]
     else:
         if args.max_message_size is not None:
@@ -234,6 +251,24 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
     if args.drain_timeout is not None:
         config = config.model_copy(update={"drain_timeout": args.drain_timeout})
     return config
+
+
+def _aws_signing(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The listener's ``aws`` block from ``--aws-*`` (static keys have no flag: a command line is visible to
+    every user of the machine; the environment, read by the default chain, is the place for them)."""
+    if args.aws_region is None:
+        if args.aws_host is not None or args.aws_credentials != "default-chain":
+            raise ConfigError("--aws-credentials and --aws-host need --aws-region (re-signing is off without it)")
+        return None
+    aws: dict[str, Any] = {"region": args.aws_region}
+    source = args.aws_credentials
+    if source.startswith("profile:") and source[len("profile:"):]:
+        aws.update(credentials="profile", profile=source[len("profile:"):])
+    elif source != "default-chain":
+        raise ConfigError(f"--aws-credentials: {source!r}: expected default-chain or profile:NAME")
+    if args.aws_host is not None:
+        aws["host"] = args.aws_host
+    return aws
 
 
 def _describe(config: MeshConfig) -> str:

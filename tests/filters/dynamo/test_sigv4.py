@@ -291,3 +291,30 @@ def test_a_missing_profile_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     with pytest.raises(Exception, match="nowhere"):
         credentials_from_config(AwsSigningConfig(region="us-east-1", credentials="profile", profile="nowhere"))
+
+
+# -- command line -------------------------------------------------------------------------------------------
+
+
+def _cli_config(*flags: str) -> Any:
+    from meshproxy.cli import _build_parser, _sidecar_config
+
+    args = _build_parser().parse_args(
+        ["sidecar", "dynamo", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:8000", *flags]
+    )
+    return _sidecar_config(args).listeners[0]
+
+
+def test_sidecar_flags_build_the_aws_block() -> None:
+    assert _cli_config().aws is None
+    aws = _cli_config("--aws-region", "eu-west-1").aws
+    assert (aws.region, aws.credentials, aws.profile, aws.host) == ("eu-west-1", "default-chain", None, None)
+    aws = _cli_config(
+        "--aws-region", "eu-west-1", "--aws-credentials", "profile:prod",
+        "--aws-host", "dynamodb.eu-west-1.amazonaws.com",
+    ).aws
+    assert (aws.credentials, aws.profile, aws.host) == ("profile", "prod", "dynamodb.eu-west-1.amazonaws.com")
+    with pytest.raises(ConfigError, match="--aws-credentials"):
+        _cli_config("--aws-region", "eu-west-1", "--aws-credentials", "static")
+    with pytest.raises(ConfigError, match="need --aws-region"):
+        _cli_config("--aws-credentials", "profile:prod")
