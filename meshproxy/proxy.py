@@ -93,6 +93,8 @@ class Proxy:
                     await discovery.update()
             for listener in self.listeners.values():
                 await listener.start()
+                if listener.tls is not None:
+                    self._task_group.start_soon(listener.tls.watch, name=f"certificate files of {listener.name}")
             for cluster_config in self.config.clusters:
                 if cluster_config.outlier_detection is not None:
                     self._task_group.start_soon(

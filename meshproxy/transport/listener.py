@@ -27,7 +27,7 @@ from meshproxy.transport.h2_upstream import H2UpstreamPool
 from meshproxy.transport.mongo_routing import MongoRouter
 from meshproxy.transport.mongo_session import MongoSession
 from meshproxy.transport.relay import Relay
-from meshproxy.transport.tls import server_context
+from meshproxy.transport.tls import ServerTls, SslStats
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster
@@ -205,11 +205,17 @@ class ListenerRuntime:
         self.name = config.name
         self.cluster = cluster
         self.protocol_clusters = protocol_clusters or {}
-        self.ssl_context = (
+        self.tls = (
             None
             if config.tls is None
-            else server_context(config.tls, protocol=config.protocol, where=f"listeners[{config.name}].tls")
+            else ServerTls(
+                config.tls,
+                protocol=config.protocol,
+                where=f"listeners[{config.name}].tls",
+                stats=SslStats.for_listener(stats, config.name),
+            )
         )
+        """TLS termination: the current context (replaced when its files change) and each handshake's stats."""
         """Per protocol (``mongo``, ``dynamo``, ``grpc``, ``tcp``), the cluster an ``auto`` listener sends it to."""
         self.idle_timeout = config.idle_timeout
         self.sessions: set[Relay] = set()
@@ -288,11 +294,12 @@ class ListenerRuntime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         host, port = self.config.address
+        # With TLS the socket accepts plain TCP and each connection does its own handshake (ServerTls), so
+        # that a failed one is seen and counted, and each new one uses the latest certificate.
         self._server = await loop.create_server(
-            self._protocol_factory,
+            self._protocol_factory if self.tls is None else self.tls.acceptor(self._protocol_factory, self.name),
             host,
             port,
-            ssl=self.ssl_context,
             reuse_address=True,
             reuse_port=self.config.reuse_port or None,
             backlog=1024,
@@ -331,6 +338,8 @@ class ListenerRuntime:
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.tls is not None:
+            self.tls.close()
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; let in-flight operations finish for up to ``timeout`` seconds; then close."""

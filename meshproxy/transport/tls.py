@@ -5,18 +5,49 @@ session (and ``protocol: auto`` sniffing) works the same over TLS. What is chose
 certificate and host-name verification on by default towards upstreams, and ALPN by protocol — ``h2`` for
 gRPC, ``http/1.1`` for DynamoDB, both for ``auto`` — so that a gRPC client that requires ``h2`` by ALPN
 (grpcio does) gets it.
+
+Termination (``ServerTls``) does two things asyncio's ``create_server(ssl=...)`` cannot:
+
+- **It knows how each handshake ended.** asyncio (and uvloop) fail a server-side handshake silently: the
+  ``SSLError`` goes to a debug log and the session is never told. So a TLS listener accepts plain TCP and
+  runs ``loop.start_tls`` on each connection itself; a failure raises right there, and is counted
+  (``ssl.handshake_error`` and why: ``fail_verify_no_cert``, ``fail_verify_error``, ``connection_error``)
+  and logged with the peer's address and OpenSSL's reason. Once the handshake is done the session gets the
+  TLS transport, and the data path is the same ``SSLProtocol`` as before.
+- **It rotates certificates.** ``watch`` polls the certificate, key and CA files (inode, size, mtime, ctime)
+  every ``reload_interval``; on a change it builds a new context and each handshake from then on uses it,
+  while connections already open keep theirs. A pair that does not load (a certificate written before its
+  key, mid-rotation) is refused, counted (``ssl.context_update_error``) and logged naming the files; the
+  previous context stays in use until the files change again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
 
 from meshproxy.config import ConfigError, MeshConfig, TlsClientConfig, TlsServerConfig
+from meshproxy.stats import Counter, StatsStore
+
+if TYPE_CHECKING:
+    from meshproxy.cluster import Cluster
+
+log = logging.getLogger("meshproxy.tls")
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 DEFAULT_ALPN = {"grpc": ["h2"], "dynamo": ["http/1.1"], "auto": ["h2", "http/1.1"]}
 """ALPN a listener offers when its ``tls.alpn`` is not set, by listener protocol."""
+
+HANDSHAKE_TIMEOUT = 10.0
+"""A client that has not completed its TLS handshake this long after connecting is disconnected."""
 
 
 def server_context(config: TlsServerConfig, *, protocol: str, where: str) -> ssl.SSLContext:
@@ -64,9 +95,329 @@ def client_context(config: TlsClientConfig, *, alpn: list[str] | None, where: st
 def check_tls(config: MeshConfig) -> None:
     """Load every certificate and key the configuration names, so that ``check`` and a start-up report a bad
     file as a configuration error (naming the field) rather than fail later."""
+    if config.admin is not None and config.admin.tls is not None:
+        server_context(config.admin.tls, protocol="admin", where="admin.tls")
     for listener in config.listeners:
         if listener.tls is not None:
             server_context(listener.tls, protocol=listener.protocol, where=f"listeners[{listener.name}].tls")
     for cluster in config.clusters:
         if cluster.tls is not None:
             client_context(cluster.tls, alpn=None, where=f"clusters[{cluster.name}].tls")
+
+
+# -- stats ----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SslStats:
+    """Envoy's ``ssl.*`` stats for one listener (``listener.<name>.ssl.*``), the admin (``http.admin.ssl.*``)
+    or one cluster (``cluster.<name>.ssl.*``).
+
+    ``handshake_error`` counts every failed handshake; each one is also counted under exactly one reason:
+    ``fail_verify_no_cert`` + ``fail_verify_error`` + ``connection_error`` = ``handshake_error``."""
+
+    handshake: Counter
+    """Handshakes completed."""
+    handshake_error: Counter
+    """Handshakes that failed, whatever the reason."""
+    fail_verify_no_cert: Counter
+    """The peer sent no certificate where one is required (a listener with ``client_ca_file``)."""
+    fail_verify_error: Counter
+    """The peer's certificate did not verify: unknown CA, expired, wrong name (upstream)."""
+    connection_error: Counter
+    """Any other failed handshake: the peer refused ours (its alert is logged), spoke something that is not
+    TLS, no shared version or cipher, a reset, or no handshake within the time allowed."""
+    context_update: Counter
+    """Certificate files changed and the new context is in use (Envoy's ``context_update_by_sds``)."""
+    context_update_error: Counter
+    """Certificate files changed but did not load; the previous context stays in use."""
+
+    @classmethod
+    def create(cls, stats: StatsStore, scope: str, kind: str, labels: dict[str, str]) -> SslStats:
+        """``<scope>.ssl.<stat>``, exported as ``meshproxy_<kind>_ssl_<stat>{labels}``."""
+        return cls(
+            *(
+                stats.counter(f"{scope}.ssl.{name}", prom=f"meshproxy_{kind}_ssl_{name}", labels=labels)
+                for name in cls.__dataclass_fields__
+            )
+        )
+
+    @classmethod
+    def for_listener(cls, stats: StatsStore, name: str) -> SslStats:
+        return cls.create(stats, f"listener.{name}", "listener", {"listener": name})
+
+    @classmethod
+    def for_cluster(cls, stats: StatsStore, name: str) -> SslStats:
+        return cls.create(stats, f"cluster.{name}", "cluster", {"cluster": name})
+
+    def failed(self, exc: BaseException) -> str:
+        """Count one failed handshake; return the reason's stat name."""
+        reason = failure_reason(exc)
+        self.handshake_error.value += 1
+        counter: Counter = getattr(self, reason)
+        counter.value += 1
+        return reason
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Which ``ssl.*`` stat a failed handshake counts under: ``fail_verify_no_cert``, ``fail_verify_error``
+    or ``connection_error``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "fail_verify_error"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return "fail_verify_no_cert"
+    return "connection_error"
+
+
+def describe(exc: BaseException) -> str:
+    """OpenSSL's words for a failed handshake (``certificate verify failed: certificate has expired``,
+    ``tlsv1 alert unknown ca``, ...), or the exception's."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def count_upstream_failure(cluster: Cluster, exc: BaseException) -> None:
+    """Count and log a failed TLS handshake towards one of ``cluster``'s hosts (``cluster.<name>.ssl.*``).
+    Anything that is not an ``ssl.SSLError`` (a refused or timed-out connect) is not a TLS failure and is
+    left alone."""
+    if not isinstance(exc, ssl.SSLError):
+        return
+    stats = SslStats.for_cluster(cluster.store, cluster.name)
+    reason = stats.failed(exc)
+    log.warning("cluster %s: TLS handshake failed (%s): %s", cluster.name, reason, describe(exc))
+
+
+# -- termination ----------------------------------------------------------------------------------------
+
+
+_Signature = tuple[tuple[int, int, int, int] | None, ...]
+
+
+class ServerTls:
+    """TLS termination for one listener (or the admin): the current context, the handshakes under way, and
+    the watch that replaces the context when its files change."""
+
+    def __init__(self, config: TlsServerConfig, *, protocol: str, where: str, stats: SslStats) -> None:
+        self.config = config
+        self.protocol = protocol
+        self.where = where
+        """The configuration path (``listeners[edge].tls``), for logs and errors."""
+        self.stats = stats
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self._seen = self._signature()
+        self.context = server_context(config, protocol=protocol, where=where)
+        """Used by every handshake that starts from now on; replaced by ``check`` when the files change."""
+        self._failed: _Signature | None = None
+        self.pending: set[_Handshake] = set()
+        self.closed = False
+
+    @property
+    def files(self) -> list[str]:
+        files = [self.config.cert_file, self.config.key_file]
+        if self.config.client_ca_file is not None:
+            files.append(self.config.client_ca_file)
+        return files
+
+    def _signature(self) -> _Signature:
+        signature: list[tuple[int, int, int, int] | None] = []
+        for path in self.files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                signature.append(None)
+            else:
+                signature.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(signature)
+
+    def check(self) -> bool:
+        """One poll: when a file changed since the context was built, build a new one and use it from the
+        next handshake on. Returns whether the context was replaced. A set of files that does not load is
+        counted and logged once, and tried again when a file changes again."""
+        signature = self._signature()
+        if signature == self._seen or signature == self._failed:
+            return False
+        try:
+            context = server_context(self.config, protocol=self.protocol, where=self.where)
+        except ConfigError as exc:
+            self._failed = signature
+            self.stats.context_update_error.value += 1
+            log.warning("%s: the changed certificate files do not load, keeping the previous ones: %s", self.where, exc)
+            return False
+        self.context = context
+        self._seen = signature
+        self._failed = None
+        self.stats.context_update.value += 1
+        log.info("%s: certificate reloaded from %s", self.where, ", ".join(self.files))
+        return True
+
+    async def watch(self) -> None:
+        """Poll the files every ``reload_interval`` until cancelled (not at all when it is 0)."""
+        interval = self.config.reload_interval
+        if interval <= 0:
+            return
+        while True:
+            await anyio.sleep(interval)
+            try:
+                self.check()
+            except Exception:  # never let a surprise end the proxy's task group
+                log.exception("%s: checking the certificate files failed", self.where)
+
+    def acceptor(self, session: Callable[[], asyncio.Protocol], name: str) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for the listening socket: each connection does its handshake, then becomes a
+        ``session()`` on the TLS transport."""
+        return lambda: _Handshake(self, session, name)
+
+    def close(self) -> None:
+        """Stop: abort handshakes under way (they carry no request yet) and refuse new ones."""
+        self.closed = True
+        for handshake in list(self.pending):
+            handshake.abort()
+
+    def handshake_failed(self, exc: BaseException, name: str, peer: Any) -> None:
+        reason = self.stats.failed(exc)
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a client"
+        quiet = reason == "connection_error" and not isinstance(exc, ssl.SSLError)
+        # A client that connects and leaves (a TCP health check, a port scan) is not worth a warning.
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "listener %s: TLS handshake with %s failed (%s): %s", name, where, reason, describe(exc),
+        )
+
+
+class _Handshake(asyncio.Protocol):
+    """One accepted connection until its handshake is done.
+
+    First it is the TCP connection's protocol. uvloop starts reading right after ``connection_made`` (a
+    ``pause_reading`` there is ignored), so the ClientHello can arrive before ``start_tls`` has installed its
+    SSL protocol: those bytes are kept, reading is paused, and they are handed to the SSL protocol before its
+    ``connection_made`` (an SSL protocol that has not started keeps what it is given for the handshake).
+    Then it is the TLS transport's first protocol, and keeps what arrives before the session is attached (a
+    client may send its first request together with the end of its handshake)."""
+
+    def __init__(self, tls: ServerTls, session: Callable[[], asyncio.Protocol], name: str) -> None:
+        self.tls = tls
+        self.make_session = session
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.started = False
+        self.session: asyncio.Protocol | None = None
+        self.buffer = bytearray()
+        self.early = bytearray()
+        """Encrypted bytes that arrived before ``start_tls`` took the connection over."""
+        self.eof = False
+        self.lost = False
+        self.lost_exc: Exception | None = None
+
+    # The raw TCP connection.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if self.tls.closed:
+            self.transport.abort()
+            return
+        self.transport.pause_reading()  # the ClientHello is for the SSL protocol start_tls installs
+        self.tls.pending.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._handshake())
+
+    async def _handshake(self) -> None:
+        tls = self.tls
+        transport = self.transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        self.started = True
+        loop = asyncio.get_running_loop()
+        if self.early:
+            # Runs before the connection_made that start_tls schedules below, and reading stays paused.
+            loop.call_soon(self._feed_early, bytes(self.early))
+            self.early.clear()
+        try:
+            app = await loop.start_tls(
+                transport, self, tls.context, server_side=True, ssl_handshake_timeout=tls.handshake_timeout
+            )
+        except asyncio.CancelledError:
+            tls.pending.discard(self)
+            raise
+        except Exception as exc:
+            tls.pending.discard(self)
+            tls.handshake_failed(exc, self.name, peer)
+            transport.abort()
+            return
+        tls.pending.discard(self)
+        if app is None or tls.closed:
+            if app is not None:
+                app.abort()
+            return
+        tls.stats.handshake.value += 1
+        self._attach(app)
+
+    def _attach(self, app: asyncio.Transport) -> None:
+        session = self.session = self.make_session()
+        app.set_protocol(session)
+        session.connection_made(app)
+        if self.buffer:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            session.data_received(data)
+        if self.eof and not session.eof_received():
+            app.close()
+        if self.lost:
+            session.connection_lost(self.lost_exc)
+
+    def _feed_early(self, data: bytes) -> None:
+        assert self.transport is not None
+        protocol: Any = self.transport.get_protocol()  # uvloop's SSLProtocol is buffered but no subclass
+        if not hasattr(protocol, "buffer_updated"):
+            protocol.data_received(data)
+            return
+        view = memoryview(data)
+        while view:
+            buffer = protocol.get_buffer(len(view))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+
+    def abort(self) -> None:
+        self.tls.pending.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # The TLS transport's protocol until the session is attached.
+
+    def data_received(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+        elif not self.started:
+            self.early += data
+            assert self.transport is not None
+            self.transport.pause_reading()
+        else:
+            self.buffer += data
+
+    def eof_received(self) -> bool:
+        if not self.started:
+            return False  # the client left before its handshake: the transport closes, connection_lost follows
+        if self.session is not None:
+            return bool(self.session.eof_received())
+        self.eof = True
+        return True  # kept open until the session is attached and says what it wants
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None:
+            self.session.connection_lost(exc)
+            return
+        self.lost = True
+        self.lost_exc = exc
+        if not self.started and self.task is not None:
+            # Gone before start_tls took the connection over: nothing would ever wake the handshake.
+            self.task.cancel()
+            if self in self.tls.pending:
+                self.tls.pending.discard(self)
+                assert self.transport is not None
+                peer = self.transport.get_extra_info("peername")
+                self.tls.handshake_failed(exc or ConnectionResetError("closed before the handshake"), self.name, peer)
