@@ -14,10 +14,10 @@ The connection keeps the cluster's and the host's connection stats (``upstream_c
 from __future__ import annotations
 
 import asyncio
-import socket
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
 from meshproxy.codecs.http1 import Http1ResponseDecoder
+from meshproxy.transport.relay import open_upstream
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Host
@@ -80,7 +80,8 @@ class Http1Upstream(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
 
     def dial(self) -> None:
-        """Start connecting (with the cluster's connect timeout, TLS if the cluster has it)."""
+        """Start connecting (``open_upstream``: the cluster's connect timeout, TLS if the cluster has it, the
+        connection counted in the cluster's and the host's stats)."""
         self._task = asyncio.get_running_loop().create_task(self._connect())
 
     @property
@@ -88,28 +89,25 @@ class Http1Upstream(asyncio.Protocol):
         return self.transport is None and not self.closed
 
     async def _connect(self) -> None:
-        cluster, host = self.cluster, self.host
         try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                await asyncio.get_running_loop().create_connection(
-                    lambda: self,
-                    host.address[0],
-                    host.address[1],
-                    ssl=cluster.ssl_context,
-                    server_hostname=cluster.server_hostname(host),
-                )
-        except TimeoutError:
-            cluster.stats.upstream_cx_connect_timeout.inc()
-            self._failed("connect timeout")
+            # Not reported as a success: the owner reports each response's outcome instead.
+            transport = await open_upstream(self.cluster, self.host, lambda: self, report_success=False)
         except OSError as exc:
-            self._failed(exc.strerror or str(exc))
+            self._failed(exc.strerror or str(exc) or type(exc).__name__)
+            return
+        self.transport = transport
+        if self.closed:  # the owner gave up while it was dialling
+            self._closed(remote=False)
+            return
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
+            transport.write(data)
+        self.owner.conn_made(self)
 
     def _failed(self, reason: str) -> None:
         if self.closed:
-            return
-        if self.transport is not None:  # connected, then the connect timeout fired before it returned
-            self._closed(remote=False)
-            self.owner.conn_lost(self)
             return
         self.closed = True
         self.cluster.stats.upstream_cx_connect_fail.inc()
@@ -117,28 +115,6 @@ class Http1Upstream(asyncio.Protocol):
         self.owner.conn_failed(self, reason)
 
     # -- asyncio protocol ---------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        if self.closed:  # the owner gave up while it was dialling
-            transport.close()
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stats, host_stats = self.cluster.stats, self.host.stats
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_active.value += 1
-        host_stats.cx_total.value += 1
-        host_stats.cx_active.value += 1
-        self.transport = transport
-        if self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
-            stats.upstream_cx_tx_bytes_total.value += len(data)
-            transport.write(data)
-        self.owner.conn_made(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -152,7 +128,7 @@ class Http1Upstream(asyncio.Protocol):
         return not self.closed and self.owner.conn_eof(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self.closed or self.transport is None:  # closed by us, or a dial that failed (``_failed`` reports)
             return
         self._closed(remote=True)
         self.owner.conn_lost(self)
