@@ -19,8 +19,11 @@ How the two sides are told apart (:attr:`Connection.roles`):
 
 What counts as missing: a segment beyond the next expected byte is held (bounded per direction by
 ``max_buffered``). The hole before it becomes a :class:`Gap` when the other side acknowledges data beyond the
-hole (it was sent and received, the capture missed it, and it will never be retransmitted), when the held
-bytes exceed the bound, at RST, and at the end of the capture. Retransmitted and overlapping bytes are
+hole (it was sent and received, the capture missed it, and it will never be retransmitted) and then
+``reorder_window`` more segments of the connection pass without filling it (captures are not always in
+causal order: a file merging several interfaces, or ``-i any`` on a multi-core host, can hold an ACK
+before the data it acknowledges) or the peer acknowledges the FIN; when the held bytes exceed the bound; at
+RST; and at the end of the capture. Retransmitted and overlapping bytes are
 delivered once (the first copy wins). Sequence numbers are compared modulo 2**32, so streams crossing the
 wraparound, and streams longer than 4 GiB, reassemble correctly.
 """
@@ -39,6 +42,8 @@ _MOD = 1 << 32
 _HALF = 1 << 31
 DEFAULT_MAX_BUFFERED = 4 << 20
 """Out-of-order bytes held per direction before the earliest hole is declared a gap (4 MiB)."""
+DEFAULT_REORDER_WINDOW = 8
+"""Segments of a connection that may still fill a hole after the peer acknowledged past it."""
 
 
 class Direction(enum.StrEnum):
@@ -130,6 +135,10 @@ class _Half:
     pending_bytes: int = 0
     fin_at: int | None = None
     closed: bool = False
+    acked_to: int | None = None
+    """The peer acknowledged up to here, beyond a hole; the hole becomes a gap unless filled soon."""
+    acked_since: int = 0
+    """The connection's segment count when ``acked_to`` was first set."""
 
     def offset_of(self, seq: int) -> int:
         assert self.base is not None
@@ -147,13 +156,17 @@ class _Conn:
     halves: dict[Direction, _Half]
     finished: bool = False
     last_ts: int = 0
+    segments: int = 0
 
 
 class TcpReassembler:
     """Feed packets (or decoded :class:`TcpSegment` s) in capture order; get :data:`StreamEvent` s back.
 
     ``server_ports`` helps tell client from server when the handshake was not captured. ``max_buffered``
-    bounds the out-of-order bytes held per direction. ``stats`` counts what was skipped and why (frames that
+    bounds the out-of-order bytes held per direction. ``reorder_window`` is how many more segments of a
+    connection may pass after a hole was acknowledged before it is declared lost (0: at once).
+    ``remember_closed`` bounds how many closed 4-tuples are remembered (so the last ACK of a close is not
+    taken for a new connection). ``stats`` counts what was skipped and why (frames that
     are not TCP, fragments, duplicates, packets after a connection closed, ...).
     """
 
@@ -162,10 +175,12 @@ class TcpReassembler:
         *,
         server_ports: Iterable[int] = (),
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        reorder_window: int = DEFAULT_REORDER_WINDOW,
         remember_closed: int = 4096,
     ) -> None:
         self.server_ports = frozenset(server_ports)
         self.max_buffered = max_buffered
+        self.reorder_window = reorder_window
         self.remember_closed = remember_closed
         self.stats: dict[str, int] = {}
         self._live: dict[tuple[tuple[str, int], tuple[str, int]], _Conn] = {}
@@ -206,6 +221,7 @@ class TcpReassembler:
                 return events
             state = self._open(segment, a, b, key, events)
         state.last_ts = segment.ts_ns
+        state.segments += 1
         direction = Direction.CLIENT_TO_SERVER if state.conn.client == a else Direction.SERVER_TO_CLIENT
         half = state.halves[direction]
         other = state.halves[direction.reverse]
@@ -221,7 +237,7 @@ class TcpReassembler:
         elif half.base is None:
             half.base = segment.seq
         if segment.has_ack and other.base is not None and not other.closed:
-            self._acknowledged(other, segment.ack, segment.ts_ns, events)
+            self._acknowledged(other, segment.ack, state.segments)
         if not half.closed:
             start = half.offset_of(start_seq)
             if segment.fin and half.fin_at is None:
@@ -231,6 +247,12 @@ class TcpReassembler:
             self._check_fin(half, segment.ts_ns, events)
         else:
             self._count("after close")
+        for each in state.halves.values():
+            if each.acked_to is not None and (
+                state.segments - each.acked_since >= self.reorder_window
+                or (each.fin_at is not None and each.acked_to > each.fin_at)
+            ):
+                self._declare_lost(each, segment.ts_ns, events)
         if all(h.closed for h in state.halves.values()):
             self._retire(key, state)
         return events
@@ -344,12 +366,23 @@ class TcpReassembler:
             half.advance(target - half.offset)
         self._drain(half, events)
 
-    def _acknowledged(self, half: _Half, ack: int, ts: int, events: list[StreamEvent]) -> None:
-        """The peer has received ``half`` up to ``ack``: a hole below that was sent but not captured."""
+    def _acknowledged(self, half: _Half, ack: int, count: int) -> None:
+        """The peer has received ``half`` up to ``ack``: a hole below that was sent but not captured (or is
+        still to come, out of causal order, within the reorder window)."""
         if not half.pending and half.fin_at is None:
             return
         acked = half.offset_of(ack)
         if acked <= half.offset:
+            return
+        if half.acked_to is None:
+            half.acked_since = count
+            half.acked_to = acked
+        else:
+            half.acked_to = max(half.acked_to, acked)
+
+    def _declare_lost(self, half: _Half, ts: int, events: list[StreamEvent]) -> None:
+        acked, half.acked_to = half.acked_to, None
+        if half.closed or acked is None or acked <= half.offset:
             return
         limits = [acked]
         if half.pending:
@@ -358,6 +391,8 @@ class TcpReassembler:
             limits.append(half.fin_at)
         self._skip_to(half, min(limits), ts, "lost", events)
         self._check_fin(half, ts, events)
+        if half.pending and half.acked_to is None and acked > half.offset:
+            half.acked_to = acked  # a further hole below the acknowledged point: lost too, at the next check
 
     def _check_fin(self, half: _Half, ts: int, events: list[StreamEvent]) -> None:
         if half.fin_at is not None and not half.closed and half.offset >= half.fin_at:
@@ -371,6 +406,10 @@ class TcpReassembler:
             half = state.halves[direction]
             if half.closed:
                 continue
+            if half.acked_to is not None:
+                self._declare_lost(half, ts, events)
+                if half.closed:
+                    continue
             while half.pending:
                 self._skip_to(half, min(half.pending), ts, reason, events)
             if half.fin_at is not None and half.fin_at > half.offset:
@@ -384,9 +423,10 @@ def reassemble(
     *,
     server_ports: Iterable[int] = (),
     max_buffered: int = DEFAULT_MAX_BUFFERED,
+    reorder_window: int = DEFAULT_REORDER_WINDOW,
 ) -> Iterator[StreamEvent]:
     """All events of a capture, the end-of-capture ones included: ``reassemble(read_packets(path))``."""
-    reassembler = TcpReassembler(server_ports=server_ports, max_buffered=max_buffered)
+    reassembler = TcpReassembler(server_ports=server_ports, max_buffered=max_buffered, reorder_window=reorder_window)
     for packet in packets:
         yield from reassembler.feed(packet)
     yield from reassembler.finish()
