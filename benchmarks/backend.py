@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import cast
 
 from benchmarks import wire
@@ -118,10 +119,6 @@ async def serve_until_signalled(server: asyncio.Server) -> None:
     server.close()
 
 
-async def _serve(host: str, port: int) -> None:
-    await serve_until_signalled(await start_backend(host, port))
-
-
 def install_uvloop() -> str:
     """Use uvloop when it is installed; return the loop's name for reports."""
     try:
@@ -138,17 +135,30 @@ def pin_to_cpu(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.backend", description=__doc__.split("\n")[0])
+def serve_main(
+    argv: list[str] | None, prog: str, description: str, protocol: Callable[[], asyncio.Protocol]
+) -> int:
+    """``main`` of every canned backend: ``--host``, ``--port`` (0: any), ``--cpu``; pinned, on uvloop, one
+    ``protocol`` per connection until SIGTERM / SIGINT."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     args = parser.parse_args(argv)
     pin_to_cpu(args.cpu)
     install_uvloop()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        await serve_until_signalled(await loop.create_server(protocol, args.host, args.port, backlog=1024))
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port))
+        asyncio.run(serve())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve_main(argv, "python -m benchmarks.backend", __doc__.split("\n")[0], CannedResponder)
 
 
 if __name__ == "__main__":

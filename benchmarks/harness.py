@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -23,9 +24,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from benchmarks.cpu import CpuAccounting
 from benchmarks.report import LEGEND, RunRecord, print_tables, progress_tail, summarize
@@ -43,6 +44,14 @@ from benchmarks.targets import (
 )
 
 T = TypeVar("T")
+X = TypeVar("X")
+
+
+class _Outcome(Protocol):
+    error: str | None
+
+
+R = TypeVar("R", bound=_Outcome)
 
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
@@ -213,49 +222,65 @@ class _Placement:
     load_cpu: int | None
 
 
-def _run_target(
-    target: Target, round_index: int, counts: list[int], placement: _Placement, args: argparse.Namespace
-) -> list[RunRecord]:
-    backend_port, backend_pid = placement.backend_port, placement.backend_pid
-    proxy_cpu, load_cpu = placement.proxy_cpu, placement.load_cpu
-    records: list[RunRecord] = []
-    running = start_target(target, backend_port, proxy_cpu, round_index)
-    if isinstance(running, str):
-        return [RunRecord(round_index + 1, target.name, n, error=running, started=False) for n in counts]
+def run_each(running: Running, items: Iterable[X], one: Callable[[X], R], progress: Callable[[R], str]) -> list[R]:
+    """One run per item on a started target, each logged as it ends; the target is stopped afterwards, and
+    early when it died (its error says so)."""
+    records: list[R] = []
     try:
-        for connections in counts:
-            record = RunRecord(round_index + 1, target.name, connections)
-            prefix = target.stat_prefix if isinstance(target, MeshProxy) and meshproxy_counts(target) else ""
-            before: int | None = None
-            if prefix:
-                before, _ = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
-            accounting = CpuAccounting(
-                proxy_cpu, load_cpu, running.process.pid if running.process else None, backend_pid
-            )
-            try:
-                record.result = _run_load(running.port, connections, args, load_cpu)
-                if record.result.get("errors"):
-                    record.error = "; ".join(record.result["errors"])[:300]
-            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-                record.error = str(exc)
-            record.take_cpu(accounting.finish(), running.process is not None)
-            if gone := running.exited():
-                record.error = f"{target.name} {gone}"
-            if prefix:
-                after, note = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
-                if after is not None:
-                    record.proxy_find_counted = after - (before or 0)
-                    sent = record.result["sent"] if record.result else 0
-                    record.proxy_note = f"find counted {record.proxy_find_counted:,} of {sent:,} sent"
-                else:
-                    record.proxy_note = note
+        for item in items:
+            record = one(item)
             records.append(record)
-            log(_progress(record))
+            log(progress(record))
             if record.error and running.exited():
                 break
     finally:
         running.stop()
     return records
+
+
+def _run_target(
+    target: Target, round_index: int, counts: list[int], placement: _Placement, args: argparse.Namespace
+) -> list[RunRecord]:
+    running = start_target(target, placement.backend_port, placement.proxy_cpu, round_index)
+    if isinstance(running, str):
+        return [RunRecord(round_index + 1, target.name, n, error=running, started=False) for n in counts]
+    one = functools.partial(_one_run, target, running, round_index, placement, args)
+    return run_each(running, counts, one, _progress)
+
+
+def _one_run(
+    target: Target,
+    running: Running,
+    round_index: int,
+    placement: _Placement,
+    args: argparse.Namespace,
+    connections: int,
+) -> RunRecord:
+    record = RunRecord(round_index + 1, target.name, connections)
+    prefix = target.stat_prefix if isinstance(target, MeshProxy) and meshproxy_counts(target) else ""
+    before: int | None = None
+    if prefix:
+        before, _ = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
+    proxy_pid = running.process.pid if running.process else None
+    accounting = CpuAccounting(placement.proxy_cpu, placement.load_cpu, proxy_pid, placement.backend_pid)
+    try:
+        record.result = _run_load(running.port, connections, args, placement.load_cpu)
+        if record.result.get("errors"):
+            record.error = "; ".join(record.result["errors"])[:300]
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        record.error = str(exc)
+    record.take_cpu(accounting.finish(), running.process is not None)
+    if gone := running.exited():
+        record.error = f"{target.name} {gone}"
+    if prefix:
+        after, note = running.counter(FIND_COUNTER_PATTERN.format(prefix=prefix))
+        if after is not None:
+            record.proxy_find_counted = after - (before or 0)
+            sent = record.result["sent"] if record.result else 0
+            record.proxy_note = f"find counted {record.proxy_find_counted:,} of {sent:,} sent"
+        else:
+            record.proxy_note = note
+    return record
 
 
 def record_progress(record: RunRecord, head: str, figures: Callable[[dict[str, Any]], str]) -> str:
@@ -282,13 +307,25 @@ def parse_connections(text: str) -> list[int]:
 
 
 def add_run_options(
-    parser: argparse.ArgumentParser, known: list[str], duration: float, warmup: float, warmup_help: str
+    parser: argparse.ArgumentParser, known: list[str], duration: float, warmup: float, warmup_help: str, quick: str
 ) -> None:
-    """--duration, --warmup, --rounds, --targets: the same in every benchmark, with its own defaults."""
+    """--duration, --warmup, --rounds, --targets, --quick: the same in every benchmark, with its own defaults."""
     parser.add_argument("--duration", type=float, default=duration, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=warmup, help=warmup_help)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds (median)")
     parser.add_argument("--targets", default=",".join(known), help=f"comma-separated subset of: {', '.join(known)}")
+    parser.add_argument("--quick", action="store_true", help=f"smoke test: {quick}")
+
+
+def parse_run(
+    parser: argparse.ArgumentParser, argv: list[str] | None, known: dict[str, Target], quick: dict[str, float]
+) -> tuple[argparse.Namespace, list[Target] | None]:
+    """The options (``quick`` overrides them with --quick) and the selected targets (``None``: unknown ones)."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in quick.items():
+            setattr(args, name, value)
+    return args, select_targets(args, known)
 
 
 def add_connections_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -305,9 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Direct vs HAProxy vs bare Python forwarders vs meshproxy, interleaved, side by side.",
     )
-    add_run_options(parser, list(all_targets()), DEFAULT_DURATION_S, DEFAULT_WARMUP_S, "unmeasured seconds before")
+    add_run_options(
+        parser,
+        list(all_targets()),
+        DEFAULT_DURATION_S,
+        DEFAULT_WARMUP_S,
+        "unmeasured seconds before",
+        "0.5s runs, 0.2s warmup, 1 round",
+    )
     add_connections_option(parser, "connection")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
     parser.add_argument(
         "--install-haproxy", action="store_true", help="apt-get install haproxy first when it is missing"
     )
@@ -316,10 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
-    selected = select_targets(args, all_targets())
+    args, selected = parse_run(build_parser(), argv, all_targets(), {"duration": 0.5, "warmup": 0.2, "rounds": 1})
     if selected is None:
         return 2
 

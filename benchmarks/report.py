@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from benchmarks.cpu import CpuWindow
 from benchmarks.targets import MeshProxy, Target
@@ -86,6 +86,24 @@ def progress_tail(
     return text
 
 
+class _Measured(Protocol):
+    contended: bool
+
+
+M = TypeVar("M", bound=_Measured)
+
+
+def uncontended(completed: list[M]) -> tuple[list[M], str | None]:
+    """The runs that go into a median: the clean ones when there are any, else all of them (noisy); and the
+    note that says which, if any was contended by other processes."""
+    clean = [r for r in completed if not r.contended]
+    if len(clean) == len(completed):
+        return completed, None
+    if not clean:
+        return completed, "every run contended by other processes: figures are noisy"
+    return clean, f"{len(completed) - len(clean)} of {len(completed)} runs contended by other processes, left out"
+
+
 def summarize(
     records: list[RunRecord],
     targets: list[Target],
@@ -106,16 +124,9 @@ def summarize(
                 by_target[target.name] = summary
                 continue
             mine = [r for r in records if r.target == target.name and r.connections == n]
-            completed = [r for r in mine if r.result is not None and not r.error]
-            clean = [r for r in completed if not r.contended]
-            good_runs = clean or completed
-            if len(clean) < len(completed):
-                left_out = len(completed) - len(clean)
-                summary.notes.append(
-                    f"{left_out} of {len(completed)} runs contended by other processes, left out"
-                    if clean
-                    else "every run contended by other processes: figures are noisy"
-                )
+            good_runs, note = uncontended([r for r in mine if r.result is not None and not r.error])
+            if note:
+                summary.notes.append(note)
             good = [r.result for r in good_runs if r.result is not None]
             summary.runs = len(good)
             proxy_busy = [r.proxy_cpu_busy_pct for r in good_runs if r.proxy_cpu_busy_pct is not None]

@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"
@@ -431,6 +431,15 @@ def scrape_counter(admin_url: str, pattern: str) -> tuple[int | None, str]:
     return sum(stats[name] for name in names), ", ".join(names)
 
 
+def meshproxy_targets(default: str, nofilters: str, **options: Any) -> list[Target]:
+    """The sidecar with its default filters (``meshproxy``) and with ``--no-filters`` (``meshproxy-nofilters``,
+    nothing counted); ``options`` are :class:`MeshProxy` fields (``protocol``, ``module``, ...)."""
+    return [
+        MeshProxy("meshproxy", default, **options),
+        MeshProxy("meshproxy-nofilters", nofilters, extra_args=["--no-filters"], counts_operations=False, **options),
+    ]
+
+
 def all_targets() -> dict[str, Target]:
     """Every target the harness knows, in the order the table lists them."""
     targets: list[Target] = [
@@ -438,12 +447,9 @@ def all_targets() -> dict[str, Target]:
         HAProxy("haproxy", "HAProxy, mode tcp, nbthread 1"),
         PythonForwarder("asyncio-forwarder", "asyncio Protocols on uvloop, pause/resume", kind="asyncio"),
         PythonForwarder("anyio-forwarder", "anyio byte streams (asyncio backend, uvloop)", kind="anyio"),
-        MeshProxy("meshproxy", "meshproxy sidecar mongo, default filters (stats)"),
-        MeshProxy(
-            "meshproxy-nofilters",
+        *meshproxy_targets(
+            "meshproxy sidecar mongo, default filters (stats)",
             "meshproxy sidecar mongo --no-filters: decode and forward only",
-            extra_args=["--no-filters"],
-            counts_operations=False,
         ),
     ]
     return {t.name: t for t in targets}

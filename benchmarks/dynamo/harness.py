@@ -49,10 +49,11 @@ from benchmarks.harness import (
     finish,
     log,
     meshproxy_counts,
+    parse_run,
     record_progress,
     rotated,
+    run_each,
     run_meta,
-    select_targets,
     start_target,
 )
 from benchmarks.report import LEGEND, RunRecord, Summary, print_tables, summarize
@@ -144,29 +145,25 @@ def _run_target(
     running = start_target(target, setup.backend.port, setup.proxy_cpu, round_index)
     if isinstance(running, str):
         return [DynamoRun(round_index + 1, target.name, n, error=running, started=False, op=op) for op, n in combos]
-    records: list[DynamoRun] = []
     try:
-        try:
-            probe(running.port)
-        except RuntimeError as exc:
-            reason = f"{exc} (through {target.name})"
-            log(f"[round {round_index + 1}] {target.name}: FAILED {reason}")
-            return [DynamoRun(round_index + 1, target.name, n, error=reason, op=op) for op, n in combos]
-        for op, connections in combos:
-            record = _one_run(target, running, round_index, op, connections, setup, args)
-            for _ in range(args.retry_contended):
-                if not record.contended or record.error:
-                    break
-                log(_progress(record) + "  -> retrying")
-                time.sleep(RETRY_PAUSE_S)
-                record = _one_run(target, running, round_index, op, connections, setup, args)
-            records.append(record)
-            log(_progress(record))
-            if record.error and running.exited():
-                break
-    finally:
+        probe(running.port)
+    except RuntimeError as exc:
         running.stop()
-    return records
+        reason = f"{exc} (through {target.name})"
+        log(f"[round {round_index + 1}] {target.name}: FAILED {reason}")
+        return [DynamoRun(round_index + 1, target.name, n, error=reason, op=op) for op, n in combos]
+
+    def one(combo: tuple[str, int]) -> DynamoRun:
+        record = _one_run(target, running, round_index, *combo, setup, args)
+        for _ in range(args.retry_contended):
+            if not record.contended or record.error:
+                break
+            log(_progress(record) + "  -> retrying")
+            time.sleep(RETRY_PAUSE_S)
+            record = _one_run(target, running, round_index, *combo, setup, args)
+        return record
+
+    return run_each(running, combos, one, _progress)
 
 
 def _one_run(
@@ -310,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="DynamoDB over HTTP/1.1: direct vs HAProxy (HTTP mode) vs nginx vs forwarders vs meshproxy.",
     )
     warmup_help = "seconds of a separate wrk run before each (0: none)"
-    add_run_options(parser, list(all_targets()), DEFAULT_DURATION_S, DEFAULT_WARMUP_S, warmup_help)
+    quick = "1s runs, no warmup, 1 round"
+    add_run_options(parser, list(all_targets()), DEFAULT_DURATION_S, DEFAULT_WARMUP_S, warmup_help, quick)
     add_connections_option(parser, "keep-alive connection")
     parser.add_argument(
         "--op",
@@ -325,7 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="repeat a run up to N times while other processes took > 10%% of a pinned core (default 2)",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1s runs, no warmup, 1 round")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     parser.add_argument(
         "--install-tools", action="store_true", help="apt-get install whichever of wrk, nginx-light, haproxy is missing"
@@ -335,10 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.rounds, args.retry_contended = 1.0, 0.0, 1, 0
-    selected = select_targets(args, all_targets())
+    quick = {"duration": 1.0, "warmup": 0.0, "rounds": 1, "retry_contended": 0}
+    args, selected = parse_run(build_parser(), argv, all_targets(), quick)
     if selected is None:
         return 2
     ops = list(OPERATIONS) if args.op == "both" else [args.op]

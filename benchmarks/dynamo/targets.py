@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 from dataclasses import dataclass
-from typing import Any
 
 from benchmarks.dynamo.payloads import (
     CONTENT_TYPE,
@@ -21,11 +20,11 @@ from benchmarks.targets import (
     LOCALHOST,
     Direct,
     HAProxy,
-    MeshProxy,
     PythonForwarder,
     Running,
     Target,
     free_port,
+    meshproxy_targets,
     nginx_binary,
     nginx_config,
     start_nginx,
@@ -170,19 +169,6 @@ backend dynamo
 """
 
 
-def meshproxy(name: str, description: str, **options: Any) -> MeshProxy:
-    """``python -m meshproxy sidecar dynamo ...`` exactly as a user starts it (``extra_args`` appended)."""
-    return MeshProxy(
-        name,
-        description,
-        module="meshproxy",
-        protocol="dynamo",
-        requires="meshproxy.transport.dynamo_session",
-        stat_prefix=STAT_PREFIX,
-        **options,
-    )
-
-
 def all_targets() -> dict[str, Target]:
     """Every target, in the order the tables list them."""
     targets: list[Target] = [
@@ -197,12 +183,14 @@ def all_targets() -> dict[str, Target]:
         NginxProxy("nginx-proxy", "nginx reverse proxy, upstream keepalive, 1 worker"),
         PythonForwarder("asyncio-forwarder", "TCP byte forwarder, asyncio Protocols on uvloop", kind="asyncio"),
         PythonForwarder("anyio-forwarder", "TCP byte forwarder, anyio streams", kind="anyio"),
-        meshproxy("meshproxy", "meshproxy sidecar dynamo, default filters (full stats)"),
-        meshproxy(
-            "meshproxy-nofilters",
+        # python -m meshproxy sidecar dynamo ..., exactly as a user starts it
+        *meshproxy_targets(
+            "meshproxy sidecar dynamo, default filters (full stats)",
             "meshproxy sidecar dynamo --no-filters: HTTP framing + DynamoDB parsing, no filters",
-            extra_args=["--no-filters"],
-            counts_operations=False,
+            module="meshproxy",
+            protocol="dynamo",
+            requires="meshproxy.transport.dynamo_session",
+            stat_prefix=STAT_PREFIX,
         ),
     ]
     return {t.name: t for t in targets}

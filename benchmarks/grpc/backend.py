@@ -13,14 +13,12 @@ never stalls a client.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import struct
 import sys
 from typing import cast
 
-from benchmarks.backend import install_uvloop, pin_to_cpu, serve_until_signalled
+from benchmarks.backend import serve_main
 from benchmarks.grpc import wire
 
 _HEAD = struct.Struct(">BHBBI")
@@ -113,23 +111,8 @@ class CannedGrpcServer(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
 
-async def _serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(CannedGrpcServer, host, port, backlog=1024)
-    await serve_until_signalled(server)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc.backend", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
-    args = parser.parse_args(argv)
-    pin_to_cpu(args.cpu)
-    install_uvloop()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port))
-    return 0
+    return serve_main(argv, "python -m benchmarks.grpc.backend", __doc__.split("\n")[0], CannedGrpcServer)
 
 
 if __name__ == "__main__":

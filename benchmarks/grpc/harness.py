@@ -42,12 +42,13 @@ from benchmarks.harness import (
     cpu_placement,
     finish,
     log,
+    parse_run,
     rotated,
+    run_each,
     run_meta,
-    select_targets,
     start_target,
 )
-from benchmarks.report import progress_tail
+from benchmarks.report import progress_tail, uncontended
 from benchmarks.targets import (
     LOCALHOST,
     REPO_ROOT,
@@ -241,33 +242,31 @@ def _check_counts(run: Run, running: Running, target: Target, method: str, befor
         return
     assert isinstance(target, MeshProxy)
     detail = run.detail
-    if run.workload == "stream":
-        calls, messages = detail.get("calls"), detail.get("messages")
-        up = _delta(after, before, "upstream_rq")
-        if target.counts_operations:
-            counted_calls, ok = _delta(after, before, "calls"), _delta(after, before, "success")
-            run.counted = _delta(after, before, "messages")
-            run.note = f"counted {run.counted:,} of {messages:,} messages, {counted_calls} calls ({ok} ok) of {calls}"
-            if run.counted != messages or counted_calls != calls or ok != detail.get("calls_ok"):
-                run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
-        else:
-            run.counted = up
-            run.note = f"{up} upstream streams for {calls} calls"
-            if up != calls:
-                run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
-        return
-    done = detail.get("done")
-    up = _delta(after, before, "upstream_rq")
-    if target.counts_operations:
-        run.counted, ok = _delta(after, before, "calls"), _delta(after, before, "success")
-        run.note = f"counted {run.counted:,} calls ({ok:,} grpc-status 0) of {done:,} done"
-        if run.counted != done or ok != done:
-            run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+    stream = run.workload == "stream"
+    calls = detail.get("calls") if stream else detail.get("done")
+    if not target.counts_operations:  # no stats filter: the cluster's upstream stream counter only
+        run.counted = _delta(after, before, "upstream_rq")
+        run.note = f"{_count(run.counted)} upstream streams for {_count(calls)} calls"
+        matches = run.counted == calls
+    elif stream:
+        messages = detail.get("messages")
+        counted_calls, ok = _delta(after, before, "calls"), _delta(after, before, "success")
+        run.counted = _delta(after, before, "messages")
+        run.note = (
+            f"counted {_count(run.counted)} of {_count(messages)} messages, "
+            f"{counted_calls} calls ({ok} ok) of {calls}"
+        )
+        matches = run.counted == messages and counted_calls == calls and ok == detail.get("calls_ok")
     else:
-        run.counted = up
-        run.note = f"{up:,} upstream streams for {done:,} calls"
-        if up != done:
-            run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+        run.counted, ok = _delta(after, before, "calls"), _delta(after, before, "success")
+        run.note = f"counted {_count(run.counted)} calls ({_count(ok)} grpc-status 0) of {_count(calls)} done"
+        matches = run.counted == calls and ok == calls
+    if not matches:
+        run.error = (run.error + "; " if run.error else "") + "stats mismatch: " + run.note
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,20 +309,14 @@ def _run_target(
     running = start_target(target, backend_port, place.proxy_cpu, rnd - 1)
     if isinstance(running, str):
         return [Run(rnd, target.name, w, error=running, started=False) for w in workloads]
-    runs: list[Run] = []
-    try:
-        for workload in workloads:
-            try:
-                run = run_one(target, running, workload, place, args, rnd)
-            except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
-                run = Run(rnd, target.name, workload, error=f"{type(exc).__name__}: {exc}")
-            runs.append(run)
-            log(_progress(run))
-            if running.exited():
-                break
-    finally:
-        running.stop()
-    return runs
+
+    def one(workload: str) -> Run:
+        try:
+            return run_one(target, running, workload, place, args, rnd)
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError) as exc:
+            return Run(rnd, target.name, workload, error=f"{type(exc).__name__}: {exc}")
+
+    return run_each(running, workloads, one, _progress)
 
 
 def _progress(run: Run) -> str:
@@ -376,10 +369,9 @@ def summarize(
                 s.notes.append(f"skipped: {workload_skipped[workload]}")
                 continue
             mine = [r for r in runs if r.target == target.name and r.workload == workload]
-            good = [r for r in mine if r.rate is not None and not r.error]
-            clean = [r for r in good if not r.contended] or good
-            if len(clean) < len(good):
-                s.notes.append(f"{len(good) - len(clean)} contended run(s) left out")
+            clean, note = uncontended([r for r in mine if r.rate is not None and not r.error])
+            if note:
+                s.notes.append(note)
             if clean:
                 rates = [r.rate for r in clean if r.rate is not None]
                 s.runs, s.rate = len(rates), statistics.median(rates)
@@ -460,10 +452,10 @@ PACKAGES = {"h2load": "nghttp2-client", "nginx": "nginx-light", "haproxy": "hapr
 def build_parser() -> argparse.ArgumentParser:
     known = list(all_targets())
     parser = argparse.ArgumentParser(prog="python -m benchmarks.grpc", description=__doc__.split("\n")[0])
-    add_run_options(parser, known, DEFAULT_DURATION_S, DEFAULT_WARMUP_S, "unmeasured seconds before each run")
+    warmup_help = "unmeasured seconds before each run"
+    add_run_options(parser, known, DEFAULT_DURATION_S, DEFAULT_WARMUP_S, warmup_help, "0.5s runs, 0.2s warmup, 1 round")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of: {', '.join(WORKLOADS)}")
     parser.add_argument("--stream-messages", type=int, default=STREAM_MESSAGES, help="messages per streaming call")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 0.5s runs, 0.2s warmup, 1 round")
     parser.add_argument(
         "--install-tools",
         action="store_true",
@@ -474,11 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, selected = parse_run(build_parser(), argv, all_targets(), {"duration": 0.5, "warmup": 0.2, "rounds": 1})
     if args.quick:
-        args.duration, args.warmup, args.rounds = 0.5, 0.2, 1
         args.stream_messages = min(args.stream_messages, 1000)
-    selected = select_targets(args, all_targets())
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if unknown := [w for w in workloads if w not in WORKLOADS]:
         log(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")

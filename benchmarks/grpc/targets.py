@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 from benchmarks.targets import (
     LOCALHOST,
     Direct,
     HAProxy,
-    MeshProxy,
     Running,
     Target,
     free_port,
+    meshproxy_targets,
     nginx_binary,
     nginx_config,
     nginx_version,
@@ -77,11 +76,6 @@ backend canned
 """
 
 
-def meshproxy(name: str, description: str, **options: Any) -> MeshProxy:
-    """``python -m meshproxy sidecar grpc``, exactly as a user starts it."""
-    return MeshProxy(name, description, module="meshproxy", protocol="grpc", **options)
-
-
 def all_targets() -> dict[str, Target]:
     targets: list[Target] = [
         Direct("direct", "load straight to the canned h2c backend"),
@@ -93,12 +87,12 @@ def all_targets() -> dict[str, Target]:
             install_hint="run with --install-tools",
             workdir_prefix="bench-haproxy-h2-",
         ),
-        meshproxy("meshproxy", "meshproxy sidecar grpc, default filters (stats)"),
-        meshproxy(
-            "meshproxy-nofilters",
+        # python -m meshproxy sidecar grpc ..., exactly as a user starts it
+        *meshproxy_targets(
+            "meshproxy sidecar grpc, default filters (stats)",
             "meshproxy sidecar grpc --no-filters",
-            extra_args=["--no-filters"],
-            counts_operations=False,
+            module="meshproxy",
+            protocol="grpc",
         ),
     ]
     return {t.name: t for t in targets}
