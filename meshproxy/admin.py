@@ -10,7 +10,12 @@ Why it looks like this:
   ``?format=json``, ``?filter=<regex>``, ``?usedonly``), ``/stats/prometheus``, ``/clusters``
   (``cluster::host::stat::value``), ``/ready`` (``LIVE`` or the reason it is not), ``POST
   /healthcheck/fail`` / ``/healthcheck/ok``, ``/config_dump``, ``/server_info``.
-- **Bound to 127.0.0.1 by default**: it can flip the proxy's health and shows its configuration.
+- **Bound to 127.0.0.1 by default**: it can flip the proxy's health and shows its configuration. Bound
+  anywhere else, the configuration requires TLS and a bearer token (or TLS with client certificates): with
+  ``ssl_context`` each connection's handshake is done here (a failed one is reported to ``on_tls_error``
+  and closes only that connection), and with ``token_file`` every request but ``/ready`` must carry
+  ``Authorization: Bearer <token>``, compared in constant time; the file is read on each request, so a new
+  token takes effect at once. Routes that change state accept only POST.
 
 The proxy runtime owns an ``AdminState`` and sets ``live`` / ``draining``; ``/healthcheck/fail`` sets
 ``health_check_failed``; ``/ready`` reports all three. Cluster and configuration views are callables, read
@@ -21,20 +26,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hmac
 import http
 import inspect
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import h11
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSStream
 
 from meshproxy import __version__
 from meshproxy.stats import StatsStore
@@ -63,6 +72,11 @@ ACCEPT_RETRY_DELAY = 0.1
 LINGER_TIMEOUT = 1.0
 LINGER_MAX_BYTES = 1024 * 1024
 """After refusing a request: how long, and how much of the rest of it, we read and discard before closing."""
+HANDSHAKE_TIMEOUT = 10.0
+"""A client that has not completed its TLS handshake this long after connecting is disconnected."""
+UNAUTHENTICATED_PATHS = frozenset({"/ready"})
+"""Answered without the bearer token: readiness probes and load balancers often cannot send headers, and
+``/ready`` tells no more than whether the proxy takes traffic."""
 
 _REASONS = {int(s): s.phrase.encode() for s in http.HTTPStatus}
 
@@ -212,8 +226,17 @@ class AdminServer:
         config_dump: Callable[[], dict[str, Any]] = _no_config,
         extra_routes: Iterable[Route] = (),
         idle_timeout: float = IDLE_TIMEOUT,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
+        token_file: str | None = None,
+        on_tls_error: Callable[[BaseException, Any], None] | None = None,
     ) -> None:
+        """``ssl_context``: serve HTTPS, with this context or the one a callable returns for each new
+        connection (certificate rotation). ``token_file``: require its bearer token. ``on_tls_error(exc,
+        peer)``: told of each failed handshake (the proxy counts them under ``http.admin.ssl.*``)."""
         self.stats = stats
+        self._ssl_context = ssl_context
+        self._token_file = token_file
+        self._on_tls_error = on_tls_error
         self.address = address
         """The configured address until ``serve`` has bound; then the bound one (port 0 resolved)."""
         self.state = state if state is not None else AdminState()
@@ -240,6 +263,11 @@ class AdminServer:
             )
             for digit in range(1, 6)
         }
+        self._rq_unauthorized = stats.counter(
+            "http.admin.downstream_rq_unauthorized",
+            prom="meshproxy_admin_downstream_rq_unauthorized",
+            doc="admin requests refused 401: no bearer token, or a wrong one",
+        )
 
     def _builtin_routes(self) -> list[Route]:
         post = frozenset({"POST"})
@@ -291,7 +319,13 @@ class AdminServer:
         self._cx_active.value += 1
         try:
             async with stream:
-                await self._requests(stream)
+                served: ByteStream = stream
+                if self._ssl_context is not None:
+                    tls = await self._handshake(stream)
+                    if tls is None:
+                        return
+                    served = tls
+                await self._requests(served)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
             pass  # the peer went away or stalled: nothing to answer
         except Exception:
@@ -299,7 +333,23 @@ class AdminServer:
         finally:
             self._cx_active.value -= 1
 
-    async def _requests(self, stream: SocketStream) -> None:
+    async def _handshake(self, stream: SocketStream) -> TLSStream | None:
+        """The TLS stream over ``stream``, or ``None`` when the handshake failed (reported, then closed)."""
+        context = self._ssl_context() if callable(self._ssl_context) else self._ssl_context
+        assert context is not None
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                return await TLSStream.wrap(stream, server_side=True, ssl_context=context, standard_compatible=False)
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+            peer = stream.extra(SocketAttribute.remote_address, None)
+            if self._on_tls_error is not None:
+                self._on_tls_error(cause, peer)
+            else:
+                log.warning("admin: TLS handshake with %s failed: %s", peer, cause)
+            return None
+
+    async def _requests(self, stream: ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
         while True:
             try:
@@ -320,7 +370,7 @@ class AdminServer:
             conn.start_next_cycle()
 
     async def _receive_request(
-        self, conn: h11.Connection, stream: SocketStream
+        self, conn: h11.Connection, stream: ByteStream
     ) -> tuple[AdminRequest, bool] | None:
         """The next complete request (and whether it is a HEAD), or ``None`` when the client closed."""
         start: h11.Request | None = None
@@ -369,7 +419,33 @@ class AdminServer:
         head_only = method == "HEAD"
         return AdminRequest(method, split.path or "/", query, headers, body), head_only
 
+    def _unauthorized(self, request: AdminRequest) -> AdminResponse | None:
+        """``None`` when the request may go on; else the answer: 401 without the right bearer token."""
+        if self._token_file is None or request.path in UNAUTHENTICATED_PATHS:
+            return None
+        try:
+            token = Path(self._token_file).read_bytes().strip()  # tiny, and read per request: rotation is free
+        except OSError as exc:
+            log.error("admin: cannot read the token file %s: %s", self._token_file, exc)
+            return AdminResponse(503, "the admin's token file cannot be read\n")
+        if not token:
+            log.error("admin: the token file %s is empty: every request is refused", self._token_file)
+            return AdminResponse(503, "the admin's token file is empty\n")
+        given = next((value for name, value in request.headers if name.lower() == "authorization"), "")
+        scheme, _, credentials = given.strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("latin-1"), token):
+            return None
+        self._rq_unauthorized.value += 1
+        return AdminResponse(
+            401,
+            "this admin requires a bearer token: Authorization: Bearer <token>\n",
+            headers=(("www-authenticate", 'Bearer realm="meshproxy admin"'),),
+        )
+
     async def _dispatch(self, request: AdminRequest) -> AdminResponse:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
         route = self.routes.get(request.path)
         if route is None:
             return AdminResponse(404, f"invalid path: {request.path}\n\n" + self._index_text())
@@ -392,7 +468,7 @@ class AdminServer:
             return AdminResponse(500, f"internal error: {type(exc).__name__}: {exc}\n")
 
     async def _send(
-        self, conn: h11.Connection, stream: SocketStream, response: AdminResponse, *, head_only: bool,
+        self, conn: h11.Connection, stream: ByteStream, response: AdminResponse, *, head_only: bool,
         close: bool = False,
     ) -> None:
         body = response.body.encode() if isinstance(response.body, str) else response.body
@@ -422,7 +498,7 @@ class AdminServer:
             counter.value += 1
         await stream.send(data)
 
-    async def _reply_and_close(self, conn: h11.Connection, stream: SocketStream, status: int, text: str) -> None:
+    async def _reply_and_close(self, conn: h11.Connection, stream: ByteStream, status: int, text: str) -> None:
         """Answer a request we cannot serve, if the protocol state still allows an answer, then close.
 
         The close lingers: we stop writing, then discard what the client is still sending for a moment.
@@ -432,7 +508,8 @@ class AdminServer:
             return
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(conn, stream, AdminResponse(status, text), head_only=False, close=True)
-        await stream.send_eof()
+        with contextlib.suppress(NotImplementedError):  # TLS streams have no half-close
+            await stream.send_eof()
         discarded = 0
         with anyio.move_on_after(LINGER_TIMEOUT):
             while discarded < LINGER_MAX_BYTES:

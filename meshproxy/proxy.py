@@ -31,6 +31,7 @@ from meshproxy.config import MeshConfig
 from meshproxy.filters.dynamo.stats import DynamoStatsFilter
 from meshproxy.stats import StatsStore
 from meshproxy.transport.listener import ListenerRuntime
+from meshproxy.transport.tls import ServerTls, SslStats
 
 log = logging.getLogger("meshproxy")
 
@@ -108,10 +109,23 @@ class Proxy:
             for name, discovery in self.discoveries.items():
                 self._task_group.start_soon(discovery.run, name=f"host discovery of {name}")
             if self.config.admin is not None:
+                admin_tls = None
+                if self.config.admin.tls is not None:
+                    admin_tls = ServerTls(
+                        self.config.admin.tls,
+                        protocol="admin",
+                        where="admin.tls",
+                        stats=SslStats.create(self.stats, "http.admin", "admin", {}),
+                        label="admin",
+                    )
+                    self._task_group.start_soon(admin_tls.watch, name="certificate files of the admin")
                 self.admin = AdminServer(
                     self.stats,
                     address=self.config.admin.address,
                     state=self.state,
+                    ssl_context=None if admin_tls is None else admin_tls.current,
+                    token_file=self.config.admin.token_file,
+                    on_tls_error=None if admin_tls is None else admin_tls.handshake_failed,
                     clusters=self.cluster_status,
                     config_dump=self.config_dump,
                     extra_routes=[

@@ -213,6 +213,7 @@ class ListenerRuntime:
                 protocol=config.protocol,
                 where=f"listeners[{config.name}].tls",
                 stats=SslStats.for_listener(stats, config.name),
+                label=f"listener {config.name}",
             )
         )
         """TLS termination: the current context (replaced when its files change) and each handshake's stats."""
@@ -297,7 +298,7 @@ class ListenerRuntime:
         # With TLS the socket accepts plain TCP and each connection does its own handshake (ServerTls), so
         # that a failed one is seen and counted, and each new one uses the latest certificate.
         self._server = await loop.create_server(
-            self._protocol_factory if self.tls is None else self.tls.acceptor(self._protocol_factory, self.name),
+            self._protocol_factory if self.tls is None else self.tls.acceptor(self._protocol_factory),
             host,
             port,
             reuse_address=True,

@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from meshproxy.cluster.outlier import Outcome
 from meshproxy.filters.mongo.api import ConnectionInfo
+from meshproxy.transport.tls import count_upstream_failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,6 +67,9 @@ async def open_upstream(
     except TimeoutError:
         cluster.stats.upstream_cx_connect_timeout.inc()
         raise TimeoutError("connect timeout") from None
+    except ssl.SSLError as exc:  # the handshake failed: cluster.<name>.ssl.* and a log line, then as any failure
+        count_upstream_failure(cluster, exc)
+        raise
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

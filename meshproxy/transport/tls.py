@@ -200,8 +200,12 @@ class ServerTls:
     """TLS termination for one listener (or the admin): the current context, the handshakes under way, and
     the watch that replaces the context when its files change."""
 
-    def __init__(self, config: TlsServerConfig, *, protocol: str, where: str, stats: SslStats) -> None:
+    def __init__(
+        self, config: TlsServerConfig, *, protocol: str, where: str, stats: SslStats, label: str | None = None
+    ) -> None:
         self.config = config
+        self.label = label or where
+        """Who terminates, for handshake logs (``listener edge``, ``admin``)."""
         self.protocol = protocol
         self.where = where
         """The configuration path (``listeners[edge].tls``), for logs and errors."""
@@ -213,6 +217,10 @@ class ServerTls:
         self._failed: _Signature | None = None
         self.pending: set[_Handshake] = set()
         self.closed = False
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a handshake starting now."""
+        return self.context
 
     @property
     def files(self) -> list[str]:
@@ -265,10 +273,10 @@ class ServerTls:
             except Exception:  # never let a surprise end the proxy's task group
                 log.exception("%s: checking the certificate files failed", self.where)
 
-    def acceptor(self, session: Callable[[], asyncio.Protocol], name: str) -> Callable[[], asyncio.Protocol]:
+    def acceptor(self, session: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for the listening socket: each connection does its handshake, then becomes a
         ``session()`` on the TLS transport."""
-        return lambda: _Handshake(self, session, name)
+        return lambda: _Handshake(self, session)
 
     def close(self) -> None:
         """Stop: abort handshakes under way (they carry no request yet) and refuse new ones."""
@@ -276,14 +284,15 @@ class ServerTls:
         for handshake in list(self.pending):
             handshake.abort()
 
-    def handshake_failed(self, exc: BaseException, name: str, peer: Any) -> None:
+    def handshake_failed(self, exc: BaseException, peer: Any) -> None:
+        """Count a failed handshake under its reason and log it with the client's address."""
         reason = self.stats.failed(exc)
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a client"
         quiet = reason == "connection_error" and not isinstance(exc, ssl.SSLError)
         # A client that connects and leaves (a TCP health check, a port scan) is not worth a warning.
         log.log(
             logging.DEBUG if quiet else logging.WARNING,
-            "listener %s: TLS handshake with %s failed (%s): %s", name, where, reason, describe(exc),
+            "%s: TLS handshake with %s failed (%s): %s", self.label, where, reason, describe(exc),
         )
 
 
@@ -297,10 +306,9 @@ class _Handshake(asyncio.Protocol):
     Then it is the TLS transport's first protocol, and keeps what arrives before the session is attached (a
     client may send its first request together with the end of its handshake)."""
 
-    def __init__(self, tls: ServerTls, session: Callable[[], asyncio.Protocol], name: str) -> None:
+    def __init__(self, tls: ServerTls, session: Callable[[], asyncio.Protocol]) -> None:
         self.tls = tls
         self.make_session = session
-        self.name = name
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.started = False
@@ -343,7 +351,7 @@ class _Handshake(asyncio.Protocol):
             raise
         except Exception as exc:
             tls.pending.discard(self)
-            tls.handshake_failed(exc, self.name, peer)
+            tls.handshake_failed(exc, peer)
             transport.abort()
             return
         tls.pending.discard(self)
@@ -420,4 +428,4 @@ class _Handshake(asyncio.Protocol):
                 self.tls.pending.discard(self)
                 assert self.transport is not None
                 peer = self.transport.get_extra_info("peername")
-                self.tls.handshake_failed(exc or ConnectionResetError("closed before the handshake"), self.name, peer)
+                self.tls.handshake_failed(exc or ConnectionResetError("closed before the handshake"), peer)
