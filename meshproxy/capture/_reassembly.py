@@ -20,10 +20,10 @@ How the two sides are told apart (:attr:`Connection.roles`):
 What counts as missing: a segment beyond the next expected byte is held (bounded per direction by
 ``max_buffered``). The hole before it becomes a :class:`Gap` when the other side acknowledges data beyond the
 hole (it was sent and received, the capture missed it, and it will never be retransmitted) and then
-``reorder_window`` more segments of the connection pass without filling it (captures are not always in
-causal order: a file merging several interfaces, or ``-i any`` on a multi-core host, can hold an ACK
-before the data it acknowledges) or the peer acknowledges the FIN; when the held bytes exceed the bound; at
-RST; and at the end of the capture. Retransmitted and overlapping bytes are
+``reorder_window`` more TCP segments of the capture (of any connection) pass without filling it: captures
+are not always in causal order (a file merging several interfaces, or ``-i any`` on a multi-core host, can
+hold an ACK before the data it acknowledges). Also when the held bytes exceed the bound, at RST, and at the
+end of the capture. Retransmitted and overlapping bytes are
 delivered once (the first copy wins). Sequence numbers are compared modulo 2**32, so streams crossing the
 wraparound, and streams longer than 4 GiB, reassemble correctly.
 """
@@ -138,7 +138,7 @@ class _Half:
     acked_to: int | None = None
     """The peer acknowledged up to here, beyond a hole; the hole becomes a gap unless filled soon."""
     acked_since: int = 0
-    """The connection's segment count when ``acked_to`` was first set."""
+    """The reassembler's segment count when ``acked_to`` was first set."""
 
     def offset_of(self, seq: int) -> int:
         assert self.base is not None
@@ -153,18 +153,18 @@ class _Half:
 @dataclass(slots=True)
 class _Conn:
     conn: Connection
+    key: tuple[tuple[str, int], tuple[str, int]]
     halves: dict[Direction, _Half]
     finished: bool = False
     last_ts: int = 0
-    segments: int = 0
 
 
 class TcpReassembler:
     """Feed packets (or decoded :class:`TcpSegment` s) in capture order; get :data:`StreamEvent` s back.
 
     ``server_ports`` helps tell client from server when the handshake was not captured. ``max_buffered``
-    bounds the out-of-order bytes held per direction. ``reorder_window`` is how many more segments of a
-    connection may pass after a hole was acknowledged before it is declared lost (0: at once).
+    bounds the out-of-order bytes held per direction. ``reorder_window`` is how many more TCP segments may
+    pass after a hole was acknowledged before it is declared lost (0: at once).
     ``remember_closed`` bounds how many closed 4-tuples are remembered (so the last ACK of a close is not
     taken for a new connection). ``stats`` counts what was skipped and why (frames that
     are not TCP, fragments, duplicates, packets after a connection closed, ...).
@@ -181,6 +181,9 @@ class TcpReassembler:
         self.server_ports = frozenset(server_ports)
         self.max_buffered = max_buffered
         self.reorder_window = reorder_window
+        self._segments = 0
+        self._suspects: dict[int, tuple[_Half, _Conn]] = {}
+        """Directions with an acknowledged hole, by ``id`` of their state: checked at every segment."""
         self.remember_closed = remember_closed
         self.stats: dict[str, int] = {}
         self._live: dict[tuple[tuple[str, int], tuple[str, int]], _Conn] = {}
@@ -201,6 +204,7 @@ class TcpReassembler:
         else:
             segment = item
         self._count("tcp segments")
+        self._segments += 1
         events: list[StreamEvent] = []
         a, b = (segment.src, segment.sport), (segment.dst, segment.dport)
         key = (a, b) if a <= b else (b, a)
@@ -221,7 +225,6 @@ class TcpReassembler:
                 return events
             state = self._open(segment, a, b, key, events)
         state.last_ts = segment.ts_ns
-        state.segments += 1
         direction = Direction.CLIENT_TO_SERVER if state.conn.client == a else Direction.SERVER_TO_CLIENT
         half = state.halves[direction]
         other = state.halves[direction.reverse]
@@ -237,7 +240,7 @@ class TcpReassembler:
         elif half.base is None:
             half.base = segment.seq
         if segment.has_ack and other.base is not None and not other.closed:
-            self._acknowledged(other, segment.ack, state.segments)
+            self._acknowledged(other, segment.ack, state)
         if not half.closed:
             start = half.offset_of(start_seq)
             if segment.fin and half.fin_at is None:
@@ -247,15 +250,18 @@ class TcpReassembler:
             self._check_fin(half, segment.ts_ns, events)
         else:
             self._count("after close")
-        for each in state.halves.values():
-            if each.acked_to is not None and (
-                state.segments - each.acked_since >= self.reorder_window
-                or (each.fin_at is not None and each.acked_to > each.fin_at)
-            ):
-                self._declare_lost(each, segment.ts_ns, events)
         if all(h.closed for h in state.halves.values()):
             self._retire(key, state)
+        if self._suspects:
+            self._check_suspects(segment.ts_ns, events)
         return events
+
+    def _check_suspects(self, ts: int, events: list[StreamEvent]) -> None:
+        for suspect, owner in list(self._suspects.values()):
+            if self._segments - suspect.acked_since >= self.reorder_window:
+                self._declare_lost(suspect, owner, ts, events)
+                if owner.halves and all(h.closed for h in owner.halves.values()):
+                    self._retire(owner.key, owner)
 
     def finish(self) -> list[StreamEvent]:
         """End of capture: every hole still open becomes a gap, held data is delivered, and every direction
@@ -288,7 +294,7 @@ class TcpReassembler:
             client, server, roles = a, b, "first sender"
         conn = Connection(self._next_id, client, server, roles)
         self._next_id += 1
-        state = _Conn(conn, {d: _Half(conn, d) for d in Direction})
+        state = _Conn(conn, key, {d: _Half(conn, d) for d in Direction})
         self._live[key] = state
         self._closed.pop(key, None)
         events.append(Opened(conn, segment.ts_ns))
@@ -366,7 +372,7 @@ class TcpReassembler:
             half.advance(target - half.offset)
         self._drain(half, events)
 
-    def _acknowledged(self, half: _Half, ack: int, count: int) -> None:
+    def _acknowledged(self, half: _Half, ack: int, owner: _Conn) -> None:
         """The peer has received ``half`` up to ``ack``: a hole below that was sent but not captured (or is
         still to come, out of causal order, within the reorder window)."""
         if not half.pending and half.fin_at is None:
@@ -374,14 +380,18 @@ class TcpReassembler:
         acked = half.offset_of(ack)
         if acked <= half.offset:
             return
+        if half.acked_to is not None and half.acked_to <= half.offset:
+            half.acked_to = None  # the earlier hole was filled: this is a new one, with its own window
         if half.acked_to is None:
-            half.acked_since = count
+            half.acked_since = self._segments
             half.acked_to = acked
+            self._suspects[id(half)] = (half, owner)
         else:
             half.acked_to = max(half.acked_to, acked)
 
-    def _declare_lost(self, half: _Half, ts: int, events: list[StreamEvent]) -> None:
+    def _declare_lost(self, half: _Half, owner: _Conn, ts: int, events: list[StreamEvent]) -> None:
         acked, half.acked_to = half.acked_to, None
+        self._suspects.pop(id(half), None)
         if half.closed or acked is None or acked <= half.offset:
             return
         limits = [acked]
@@ -391,8 +401,10 @@ class TcpReassembler:
             limits.append(half.fin_at)
         self._skip_to(half, min(limits), ts, "lost", events)
         self._check_fin(half, ts, events)
-        if half.pending and half.acked_to is None and acked > half.offset:
-            half.acked_to = acked  # a further hole below the acknowledged point: lost too, at the next check
+        if half.pending and acked > half.offset:
+            # A further hole below the acknowledged point: lost too, at the next check.
+            half.acked_to = acked
+            self._suspects[id(half)] = (half, owner)
 
     def _check_fin(self, half: _Half, ts: int, events: list[StreamEvent]) -> None:
         if half.fin_at is not None and not half.closed and half.offset >= half.fin_at:
@@ -407,7 +419,7 @@ class TcpReassembler:
             if half.closed:
                 continue
             if half.acked_to is not None:
-                self._declare_lost(half, ts, events)
+                self._declare_lost(half, state, ts, events)
                 if half.closed:
                     continue
             while half.pending:
