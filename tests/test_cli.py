@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
+from support.moto import moto_server
 
 from meshproxy.cli import _build_parser, main
 
@@ -59,6 +60,7 @@ SIDECAR_MONGO_FLAGS = [
 SIDECAR_DYNAMO_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--on-decode-error", "--idle-timeout",
     "--drain-timeout", "--no-filters", "--invalid-requests", "--upstream-timeout", "--max-body-size", "--lb",
+    "--aws-region", "--aws-credentials", "--aws-host",
 ]  # fmt: skip
 SIDECAR_GRPC_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--idle-timeout", "--drain-timeout",
@@ -371,13 +373,8 @@ drain_timeout: 2s
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield str(host), int(port)
-    server.stop()
+    with moto_server() as address:
+        yield address
 
 
 @pytest.mark.integration

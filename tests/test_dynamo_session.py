@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
+from support.moto import moto_server
 
 from meshproxy.codecs.dynamo import crc32_of, parse_request
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpResponse
@@ -61,22 +60,17 @@ MISSING_TABLE = recorded_request("15_resource_not_found")
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
     """A moto server holding the recorded scenario's ``orders`` table with the item the GetItem asks for."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    # moto keeps its tables in memory shared by every server in the process: start from none.
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-    client = boto3.client(
-        "dynamodb", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-        aws_access_key_id="x", aws_secret_access_key="x",
-    )
-    for step in ("00_create_orders", "03_put_item"):
-        request = recorded_request(step)
-        operation = request.split(b"X-Amz-Target: DynamoDB_20120810.")[1].split(b"\r\n")[0].decode()
-        body = json.loads(request.partition(b"\r\n\r\n")[2])
-        getattr(client, _snake(operation))(**body)
-    yield host, port
-    server.stop()
+    with moto_server(empty=True) as (host, port):
+        client = boto3.client(
+            "dynamodb", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+            aws_access_key_id="x", aws_secret_access_key="x",
+        )
+        for step in ("00_create_orders", "03_put_item"):
+            request = recorded_request(step)
+            operation = request.split(b"X-Amz-Target: DynamoDB_20120810.")[1].split(b"\r\n")[0].decode()
+            body = json.loads(request.partition(b"\r\n\r\n")[2])
+            getattr(client, _snake(operation))(**body)
+        yield host, port
 
 
 def _snake(name: str) -> str:

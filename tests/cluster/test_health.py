@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from support.moto import moto_server
 
 from meshproxy.cluster.cluster import Host, HostStats
 from meshproxy.cluster.health import (
@@ -323,16 +324,8 @@ async def test_dynamodb_auth_errors_mean_the_service_answers_and_5xx_does_not(
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield (host, port)
-    finally:
-        server.stop()
+    with moto_server() as address:
+        yield address
 
 
 async def test_dynamodb_list_tables_against_moto(moto: tuple[str, int]) -> None:

@@ -4,13 +4,12 @@ or gRPC session, each protocol to its own cluster, while pymongo, boto3 and grpc
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from support.moto import moto_server
 
 from meshproxy.config import config_from_dict
 from meshproxy.proxy import ProxyThread
@@ -25,13 +24,8 @@ ROUNDS = 20
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-    yield str(host), int(port)
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-    server.stop()
+    with moto_server(empty=True) as address:
+        yield address
 
 
 def test_pymongo_boto3_and_grpcio_share_one_port_at_once(secantus: tuple[str, int], moto: tuple[str, int]) -> None:

@@ -3,7 +3,6 @@ certificates from trustme: grpcio with ALPN h2 both ways, boto3 over HTTPS, pymo
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ import grpc
 import pytest
 import trustme
 from botocore.config import Config
-from moto.server import ThreadedMotoServer
 from pymongo import MongoClient
+from support.moto import moto_server
 
 from meshproxy.cli import main
 from meshproxy.config import config_from_dict
@@ -98,13 +97,8 @@ def test_a_server_certificate_that_does_not_verify_fails_the_call_unavailable(pk
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-    yield str(host), int(port)
-    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
-    server.stop()
+    with moto_server(empty=True) as address:
+        yield address
 
 
 def test_boto3_over_https_to_the_dynamo_listener(pki: dict[str, str], moto: tuple[str, int]) -> None:

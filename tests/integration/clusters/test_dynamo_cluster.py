@@ -15,7 +15,6 @@ assertion is about how long something took.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from moto.server import ThreadedMotoServer
+from support.moto import start_moto
 
 from meshproxy.cluster.cluster import Host
 from meshproxy.config import config_from_dict
@@ -46,12 +46,6 @@ NO_RETRIES = Config(
 """boto3 without its own retries: a failed call is a failed call, whatever the proxy did."""
 
 
-def start_moto() -> ThreadedMotoServer:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    return server
-
-
 def address_of(server: ThreadedMotoServer) -> Address:
     return server.get_host_and_port()
 
@@ -67,7 +61,6 @@ def client(address: Address) -> Any:
 @pytest.fixture(scope="module")
 def motos() -> Iterator[list[Address]]:
     """Three moto servers; the module's table ``TABLE`` exists on all of them (moto's shared state)."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     servers = [start_moto() for _ in range(3)]
     addresses = [address_of(s) for s in servers]
     direct = client(addresses[0])

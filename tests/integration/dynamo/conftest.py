@@ -11,15 +11,13 @@ sidecar per test keeps stats exact.
 
 from __future__ import annotations
 
-import logging
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
+from support.moto import moto_server, reset_moto
 
 from meshproxy.config import dynamo_sidecar_config
 from meshproxy.proxy import ProxyThread
@@ -30,14 +28,6 @@ if str(REPO_ROOT) not in sys.path:  # ``testbeds`` (the workload) is a top-level
 
 PREFIX = "it"
 """Stat prefix, and so listener name, of every DynamoDB sidecar in this directory."""
-
-
-def reset_moto(address: tuple[str, int]) -> None:
-    """Drop every table moto holds (its own admin API, not a DynamoDB request)."""
-    host, port = address
-    request = urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
 
 
 def endpoint(address: tuple[str, int]) -> str:
@@ -59,14 +49,8 @@ def start_sidecar(upstream: tuple[str, int], filters: list[Any] | None = None) -
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, int]]:
     """moto's DynamoDB served over HTTP on 127.0.0.1 (a free port); yields its (host, port)."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # an access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield (host, port)
-    finally:
-        server.stop()
+    with moto_server() as address:
+        yield address
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ request and the expected counts are exact.
 from __future__ import annotations
 
 import pytest
+from support.moto import reset_moto
 
 from meshproxy.proxy import ProxyThread
 from testbeds.dynamo.workload import CUSTOMERS, MISSING, ORDERS, Ledger, run_workload
 
 from ..support import admin_view
-from .conftest import PREFIX, endpoint, reset_moto
+from .conftest import PREFIX, endpoint
 
 pytestmark = pytest.mark.integration
 
