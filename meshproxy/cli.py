@@ -159,6 +159,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="streams one client connection may have open (default 100); more are refused",
     )
 
+    decode = commands.add_parser(
+        "decode", help="list the operations of a pcap/pcapng capture (MongoDB, DynamoDB, gRPC)",
+        description="List every MongoDB command, DynamoDB request and gRPC call in a pcap or pcapng capture, "
+        "with its answer, sizes and latency; damage and gaps go to stderr.",
+    )  # fmt: skip
+    decode.add_argument("file", metavar="FILE", help="a pcap or pcapng file (tcpdump, tshark, dumpcap)")
+    decode.add_argument("--json", action="store_true", help="one JSON object per operation (or the summary)")
+    decode.add_argument("--summary", action="store_true", help="per-operation totals instead of one line each")
+
     for name, text in (
         ("run", "run the proxy described by a YAML file"),
         ("check", "validate a YAML file and print a one-line summary; start nothing"),
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.command == "decode":
+        from meshproxy.replay.decode import run_decode
+
+        return run_decode(args.file, as_json=args.json, summary=args.summary)
     try:
         config = _sidecar_config(args) if args.command == "sidecar" else load_config(args.config)
     except ConfigError as exc:
