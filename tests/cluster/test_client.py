@@ -6,17 +6,17 @@ poll for the state they expect (with a generous deadline) rather than sleeping a
 
 from __future__ import annotations
 
+import functools
 import socket
 import socketserver
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
+from support import wait
 
 from meshproxy.cluster.client import ClusterClient, ClusterClientThread, outcome_from_exception
 from meshproxy.cluster.outlier import Outcome
@@ -78,17 +78,8 @@ def config(addresses: list[tuple[str, int]] | None, **extra: Any) -> ClusterConf
     return ClusterConfig.model_validate({**data, **extra})
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    with anyio.fail_after(DEADLINE):
-        while not condition():  # noqa: ASYNC110 - health checks change state on their own schedule
-            await anyio.sleep(0.01)
-
-
-def wait_until_sync(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.01)
+wait_until = functools.partial(wait.await_until, timeout=DEADLINE)
+wait_until_sync = functools.partial(wait.wait_for, timeout=DEADLINE)
 
 
 async def test_picks_spread_over_every_host_then_avoid_one_health_checking_marked_down(

@@ -8,6 +8,7 @@ polled with a deadline, never waited for with a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -15,13 +16,14 @@ import socketserver
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from support import wait
 
 from meshproxy.cluster import Cluster
 from meshproxy.cluster.discovery import (
@@ -44,19 +46,8 @@ DEADLINE = 10.0
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    """Poll ``condition`` until it holds (no fixed sleep stands in for a state change)."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-async def await_until(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    with anyio.fail_after(deadline):
-        while not condition():  # noqa: ASYNC110 - no event to await: discovery state is polled
-            await anyio.sleep(0.01)
+wait_until = functools.partial(wait.wait_for, timeout=DEADLINE)
+await_until = functools.partial(wait.await_until, timeout=DEADLINE)
 
 
 class Backend:

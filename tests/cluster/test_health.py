@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from support.moto import moto_server
+from support.wait import await_until
 
 from meshproxy.cluster.cluster import Host, HostStats
 from meshproxy.cluster.health import (
@@ -58,12 +59,6 @@ class Scripted:
         if isinstance(result, BaseException):
             raise result
         return result
-
-
-async def wait_until(condition: Callable[[], bool], deadline: float = 5.0) -> None:
-    with anyio.fail_after(deadline):
-        while not condition():  # noqa: ASYNC110 - no event to await: state changes in servers and other threads
-            await anyio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -227,18 +222,18 @@ async def test_tcp_a_stopped_server_is_ejected_and_a_restarted_one_comes_back() 
     host = Host(("127.0.0.1", port), stats=_host_stats())
     checker = HealthChecker("tcp", [host], tcp_check(), FAST)
     async with running(checker) as stats:
-        await wait_until(lambda: stats.success.value >= 2)
+        await await_until(lambda: stats.success.value >= 2)
         assert host.healthy
 
         server.close()
         await server.wait_closed()
-        await wait_until(lambda: not host.healthy)
+        await await_until(lambda: not host.healthy)
         assert stats.network_failure.value >= FAST.unhealthy_threshold
 
         successes = stats.success.value
         server = await asyncio.start_server(_echo_pong, "127.0.0.1", port)
         try:
-            await wait_until(lambda: host.healthy)
+            await await_until(lambda: host.healthy)
             assert stats.success.value - successes >= FAST.healthy_threshold
             assert [e.event for e in checker.events] == ["first_failure", "eject_unhealthy", "add_healthy"]
         finally:
@@ -292,13 +287,13 @@ async def test_http_a_503_ejects_the_host_as_a_failure_not_a_network_failure(
     host = FakeHost(address)
     checker = HealthChecker("web", [host], http_check("/healthz"), FAST)
     async with running(checker) as stats:
-        await wait_until(lambda: stats.success.value >= 1)
+        await await_until(lambda: stats.success.value >= 1)
         assert app.last_request.startswith(b"GET /healthz HTTP/1.1\r\n")
         app.status = 503
-        await wait_until(lambda: not host.healthy)
+        await await_until(lambda: not host.healthy)
         assert stats.network_failure.value == 0
         app.status = 200
-        await wait_until(lambda: host.healthy)
+        await await_until(lambda: host.healthy)
 
 
 async def test_http_expected_statuses_are_configurable(http: tuple[TinyHttp, tuple[str, int]]) -> None:
@@ -359,12 +354,12 @@ async def test_grpc_not_serving_ejects_the_host(grpc_health: tuple[Any, tuple[st
     host = FakeHost(address)
     checker = HealthChecker("grpc", [host], grpc_check("orders.Orders"), FAST)
     async with running(checker) as stats:
-        await wait_until(lambda: stats.success.value >= 1)
+        await await_until(lambda: stats.success.value >= 1)
         servicer.set("orders.Orders", health_pb2.HealthCheckResponse.NOT_SERVING)
-        await wait_until(lambda: not host.healthy)
+        await await_until(lambda: not host.healthy)
         assert stats.network_failure.value == 0
         servicer.set("orders.Orders", health_pb2.HealthCheckResponse.SERVING)
-        await wait_until(lambda: host.healthy)
+        await await_until(lambda: host.healthy)
 
 
 async def test_grpc_an_unknown_service_is_a_failure(grpc_health: tuple[Any, tuple[str, int]]) -> None:

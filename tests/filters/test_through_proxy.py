@@ -10,18 +10,12 @@ import pymongo
 import pymongo.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.wait import wait_for
 
 from meshproxy.config import mongo_sidecar_config
 from meshproxy.proxy import ProxyThread
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_a_pymongo_workload_is_counted_exactly_and_stays_on_the_proxy(

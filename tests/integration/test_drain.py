@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
+from support.wait import wait_for
 
 from meshproxy.config import MeshConfig
 from meshproxy.proxy import ProxyThread
@@ -67,15 +68,6 @@ def connection_refused(address: tuple[str, int]) -> bool:
         return False
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
-
 def drain_while_a_find_is_in_flight(config: MeshConfig, before_find: Callable[[], None]) -> None:
     proxy = ProxyThread(config)
     proxy.start()
@@ -88,12 +80,12 @@ def drain_while_a_find_is_in_flight(config: MeshConfig, before_find: Callable[[]
         before_find()
 
         finder, found = in_background(lambda: mongo.drain.slow.find_one({"_id": 1}))
-        assert wait_for(lambda: stats.values().get(f"mongo.{PREFIX}.cmd.find.total", 0) == 1)
+        wait_for(lambda: stats.values().get(f"mongo.{PREFIX}.cmd.find.total", 0) == 1, "the find", interval=0.005)
         started = time.monotonic()
         stopper, stopped = in_background(proxy.stop)
 
         # New connections are refused while the find is still on its way.
-        assert wait_for(lambda: connection_refused(address), timeout=SLOW_SECONDS / 2)
+        wait_for(lambda: connection_refused(address), "the listener closed", timeout=SLOW_SECONDS / 2, interval=0.005)
         assert not found.done.is_set(), "the slow find finished before the drain could be observed"
 
         assert found.done.wait(SLOW_SECONDS * 5)

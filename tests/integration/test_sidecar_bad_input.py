@@ -8,6 +8,7 @@ count exactly one ``mongo.it.decoding_error``.
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import struct
@@ -21,6 +22,7 @@ from bson.codec_options import CodecOptions
 from pymongo import MongoClient, ReadPreference
 from pymongo import message as pymongo_message
 from pymongo.errors import AutoReconnect
+from support import wait
 
 from meshproxy.config import DEFAULT_MAX_MESSAGE_SIZE
 from meshproxy.proxy import ProxyThread
@@ -116,12 +118,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     raise AssertionError(f"the proxy kept the connection open for {WAIT}s")
 
 
-def wait_for(predicate: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+wait_for = functools.partial(wait.wait_for, timeout=WAIT)
 
 
 def work(client: Client, marker: int) -> None:

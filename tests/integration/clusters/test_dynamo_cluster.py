@@ -15,8 +15,8 @@ assertion is about how long something took.
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from moto.server import ThreadedMotoServer
+from support import wait
 from support.moto import start_moto
 
 from meshproxy.cluster.cluster import Host
@@ -133,12 +134,7 @@ def stat(proxy: ProxyThread, name: str) -> int:
     return int(proxy.stats.values().get(name, 0))
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.02)
+wait_for = functools.partial(wait.wait_for, timeout=DEADLINE, interval=0.02)
 
 
 class Loop:

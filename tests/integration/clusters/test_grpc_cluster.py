@@ -11,14 +11,16 @@ printed (``pytest -s``) for the record.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import grpc
 import pytest
+from support import wait
 
 from meshproxy.cluster import Cluster, Host
 from meshproxy.config import MeshConfig, config_from_dict, grpc_sidecar_config
@@ -106,14 +108,7 @@ def rq_totals(proxy: ProxyThread) -> dict[tuple[str, int], int]:
     return {h.address: int(values[f"cluster.{CLUSTER}.host.{h.name}.rq_total"]) for h in cluster(proxy).hosts}
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> float:
-    """Poll ``condition`` until it holds; return how long that took (for the record, never asserted)."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > DEADLINE:
-            raise AssertionError(f"not within {DEADLINE} s: {what}")
-        time.sleep(0.01)
-    return time.monotonic() - start
+wait_for = functools.partial(wait.wait_for, timeout=DEADLINE)
 
 
 def shares(counts: dict[tuple[str, int], int]) -> dict[int, float]:

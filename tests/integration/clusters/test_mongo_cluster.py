@@ -19,15 +19,17 @@ replies would spend its time waiting for the driver. Outlier detection counts th
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from support import wait
 
 from meshproxy.config import config_from_dict
 from meshproxy.proxy import ProxyThread
@@ -37,14 +39,7 @@ DOCS = 300
 LISTENER = "mongo"
 
 
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> float:
-    """Poll until ``predicate`` holds; returns how long it took (a figure to report, never asserted)."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
+wait_for = functools.partial(wait.wait_for, timeout=WAIT, interval=0.02)
 
 
 class Backends:
