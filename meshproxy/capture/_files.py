@@ -36,6 +36,7 @@ _PCAP_MAGICS: dict[bytes, tuple[str, int, int]] = {
     b"\x34\xcd\xb2\xa1": ("<", 1000, 24),  # Alexey Kuznetzov's modified pcap: 8 more bytes per record
     b"\xa1\xb2\xcd\x34": (">", 1000, 24),
 }
+_CHUNK = 1 << 20
 _SHB = 0x0A0D0D0A
 _IDB = 0x00000001
 _OBSOLETE_PB = 0x00000002
@@ -151,7 +152,25 @@ class _Source:
         return None if self.size is None else self.size - self.offset
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(n)
+        """Exactly ``n`` bytes, or fewer at the end of the file. Read in pieces of at most 1 MiB, so that a
+        length a file declares costs memory only as its bytes really arrive (a pipe cannot say how many
+        remain), and short reads (pipes, sockets) are completed."""
+        if n <= _CHUNK:
+            data = self.stream.read(n) or b""
+            if len(data) == n:
+                self.offset += n
+                return data
+            pieces = [data]
+            got = len(data)
+        else:
+            pieces, got = [], 0
+        while got < n:
+            piece = self.stream.read(min(n - got, _CHUNK))
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        data = b"".join(pieces)
         self.offset += len(data)
         return data
 

@@ -31,6 +31,7 @@ wraparound, and streams longer than 4 GiB, reassemble correctly.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class _Half:
     pending: dict[int, tuple[int, bytes, int]] = field(default_factory=dict)
     """stream offset -> (ts_ns, captured bytes, length the segment had)"""
     pending_bytes: int = 0
+    starts: list[int] = field(default_factory=list)
+    """A heap of the ``pending`` offsets (possibly with stale entries), so the first is found in O(log n)."""
     fin_at: int | None = None
     closed: bool = False
     acked_to: int | None = None
@@ -143,6 +146,18 @@ class _Half:
     def offset_of(self, seq: int) -> int:
         assert self.base is not None
         return self.offset + ((seq - self.base + _HALF) % _MOD) - _HALF
+
+    def first_pending(self) -> int:
+        """The lowest held offset (``pending`` must not be empty)."""
+        starts = self.starts
+        while starts[0] not in self.pending:
+            heapq.heappop(starts)
+        return starts[0]
+
+    def hold(self, start: int, item: tuple[int, bytes, int]) -> None:
+        if start not in self.pending:
+            heapq.heappush(self.starts, start)
+        self.pending[start] = item
 
     def advance(self, n: int) -> None:
         self.offset += n
@@ -347,18 +362,19 @@ class TcpReassembler:
                 self._count("retransmitted segments")
                 return
             half.pending_bytes -= len(held[1])
-        half.pending[start] = (segment.ts_ns, captured, length)
+        half.hold(start, (segment.ts_ns, captured, length))
         half.pending_bytes += len(captured)
         self._count("out-of-order segments")
         while half.pending_bytes > self.max_buffered and half.pending:
-            self._skip_to(half, min(half.pending), segment.ts_ns, "buffer limit", events)
+            self._skip_to(half, half.first_pending(), segment.ts_ns, "buffer limit", events)
 
     def _drain(self, half: _Half, events: list[StreamEvent]) -> None:
         """Deliver held segments that are now in order (trimming what was already delivered)."""
         while half.pending:
-            start = min(half.pending)
+            start = half.first_pending()
             if start > half.offset:
                 return
+            heapq.heappop(half.starts)
             ts, captured, length = half.pending.pop(start)
             half.pending_bytes -= len(captured)
             if start + length <= half.offset:
@@ -396,7 +412,7 @@ class TcpReassembler:
             return
         limits = [acked]
         if half.pending:
-            limits.append(min(half.pending))
+            limits.append(half.first_pending())
         if half.fin_at is not None:
             limits.append(half.fin_at)
         self._skip_to(half, min(limits), ts, "lost", events)
@@ -423,7 +439,7 @@ class TcpReassembler:
                 if half.closed:
                     continue
             while half.pending:
-                self._skip_to(half, min(half.pending), ts, reason, events)
+                self._skip_to(half, half.first_pending(), ts, reason, events)
             if half.fin_at is not None and half.fin_at > half.offset:
                 self._skip_to(half, half.fin_at, ts, reason, events)
             half.closed = True

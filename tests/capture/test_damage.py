@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,8 +19,10 @@ from meshproxy.capture import (
     Data,
     Direction,
     Gap,
+    Opened,
     Packet,
     TcpReassembler,
+    TcpSegment,
     decode_tcp,
     read_packets,
     reassemble,
@@ -160,7 +163,8 @@ def test_a_declared_length_is_checked_before_it_is_read() -> None:
 
 
 def test_a_stream_that_cannot_tell_its_size_is_still_bounded() -> None:
-    """A pipe (no seek): a huge declared length is refused by the sane maximum alone."""
+    """A pipe (no seek, and reads that return a few bytes at a time): the file reads whole; a huge declared
+    length is refused by the sane maximum alone."""
 
     class Pipe(io.RawIOBase):
         def __init__(self, data: bytes) -> None:
@@ -169,14 +173,23 @@ def test_a_stream_that_cannot_tell_its_size_is_still_bounded() -> None:
         def readable(self) -> bool:
             return True
 
+        def seekable(self) -> bool:
+            return False
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            raise io.UnsupportedOperation("a pipe")
+
+        def tell(self) -> int:
+            raise io.UnsupportedOperation("a pipe")
+
         def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
-            chunk = self.data.read(len(buffer))
+            chunk = self.data.read(min(len(buffer), 7))
             buffer[: len(chunk)] = chunk
             return len(chunk)
 
     good = fixture_bytes("grpc.lo.pcapng")
     report = CaptureReport()
-    assert len(list(read_packets(Pipe(good), report))) == len(packets_of("grpc.lo.pcapng"))  # type: ignore[arg-type]
+    assert list(read_packets(Pipe(good), report)) == list(packets_of("grpc.lo.pcapng"))  # type: ignore[arg-type]
     assert report.damage == []
     bad = write_pcapng([SHB, idb(1)]) + struct.pack("<II", 6, 0x7FFFFFF0) + b"\0" * 64
     report = CaptureReport()
@@ -294,3 +307,42 @@ def test_segments_in_any_order_with_losses_keep_the_stream_tiled(data: st.DataOb
                 assert event.data in reference[key]
     directions = {e.direction for e in events if isinstance(e, Data)}
     assert directions <= set(Direction)
+
+
+_HOSTS = [("10.0.0.1", 5000), ("10.0.0.2", 27017)]
+
+
+@st.composite
+def _segment(draw: st.DrawFn) -> TcpSegment:
+    forward = draw(st.booleans())
+    (src, sport), (dst, dport) = _HOSTS if forward else _HOSTS[::-1]
+    near = draw(st.sampled_from([0, 2**31, 2**32 - 50]))
+    payload = draw(st.binary(max_size=40))
+    return TcpSegment(
+        ts_ns=draw(st.integers(0, 10**6)),
+        src=src,
+        sport=sport,
+        dst=dst,
+        dport=dport,
+        seq=(near + draw(st.integers(-100, 100))) % 2**32,
+        ack=(near + draw(st.integers(-100, 100))) % 2**32,
+        flags=draw(st.integers(0, 0x3F)),
+        payload=payload,
+        length=len(payload) + draw(st.sampled_from([0, 0, 0, 3])),
+    )
+
+
+@FUZZ
+@given(st.lists(_segment(), max_size=40), st.integers(0, 10), st.integers(0, 64))
+def test_arbitrary_segments_never_crash_and_keep_streams_tiled(
+    items: list[TcpSegment], window: int, bound: int
+) -> None:
+    """Any flags (SYN+FIN+RST together), sequence numbers around the wraparound, acknowledgements anywhere,
+    payloads shorter than their declared length: events tile every stream and close each direction once."""
+    reassembler = TcpReassembler(max_buffered=bound, reorder_window=window)
+    events = [e for s in items for e in reassembler.feed(s)] + reassembler.finish()
+    check_tiling(events)
+    closed = Counter((e.conn.id, e.direction) for e in events if isinstance(e, Closed))
+    opened = [e.conn.id for e in events if isinstance(e, Opened)]
+    assert set(closed.values()) <= {1}
+    assert set(closed) == {(conn, d) for conn in opened for d in Direction}
