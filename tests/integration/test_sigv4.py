@@ -165,7 +165,7 @@ def _dummy_client(proxy: ProxyThread) -> Any:
     return boto3.client(
         "dynamodb", endpoint_url=f"http://{host}:{port}", region_name=REGION,
         aws_access_key_id="dummy", aws_secret_access_key="dummy",
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
     )
 
 
@@ -210,7 +210,7 @@ def test_without_re_signing_moto_refuses_the_client(moto_auth: MotoAuth) -> None
         wrong_secret = boto3.client(
             "dynamodb", endpoint_url=f"http://{host}:{port}", region_name=REGION,
             aws_access_key_id=moto_auth.key_id, aws_secret_access_key="not-the-secret",
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
         )
         with pytest.raises(ClientError) as mismatch:
             wrong_secret.list_tables()
@@ -328,5 +328,27 @@ def test_temporary_credentials_are_used_and_refreshed(
         assert count_file.read_text().split() == ["first", "second"]  # one refresh, not one per request
         assert _counter(proxy, "signing_failed") == 0
         assert _counter(proxy, "signing_added") == 6 + gets + 1
+    finally:
+        proxy.stop()
+
+
+def test_a_request_that_cannot_be_signed_is_answered_500_and_the_connection_goes_on(
+    moto_auth: MotoAuth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No credentials (a profile that does not exist): each request gets a 500 naming the problem, counted
+    in ``signing_failed``; nothing unsigned reaches the server, and the client's connection stays usable."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    proxy = _sidecar(moto_auth.address, aws={"region": REGION, "credentials": "profile", "profile": "nowhere"})
+    try:
+        client = _dummy_client(proxy)
+        for _ in range(2):
+            with pytest.raises(ClientError) as failed:
+                client.list_tables()
+            assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+            assert "cannot sign the request" in str(failed.value)
+            assert "nowhere" in str(failed.value)
+        assert _counter(proxy, "signing_failed") == 2
+        assert _counter(proxy, "signing_added") == 0
     finally:
         proxy.stop()
