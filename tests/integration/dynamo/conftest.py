@@ -36,6 +36,16 @@ def endpoint(address: tuple[str, int]) -> str:
     return f"http://{host}:{port}"
 
 
+def create_table(dynamo: Any, name: str) -> None:
+    """An on-demand table keyed by the string attribute ``id``."""
+    dynamo.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def start_sidecar(upstream: tuple[str, int], filters: list[Any] | None = None) -> ProxyThread:
     """The sidecar as ``meshproxy sidecar dynamo`` runs it, on free ports of 127.0.0.1, stat prefix ``it``."""
     config = dynamo_sidecar_config(

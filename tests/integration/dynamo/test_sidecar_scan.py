@@ -15,7 +15,7 @@ from meshproxy.proxy import ProxyThread
 from testbeds.dynamo.workload import client_for, comparable
 
 from ..support import admin_view
-from .conftest import PREFIX, endpoint
+from .conftest import PREFIX, create_table, endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +27,7 @@ PAGE = 7
 def _fill(url: str) -> None:
     dynamo = client_for(url)
     try:
-        dynamo.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table(dynamo, TABLE)
         for start in range(0, ITEMS, 25):  # BatchWriteItem takes at most 25 requests
             dynamo.batch_write_item(RequestItems={TABLE: [
                 {"PutRequest": {"Item": {"id": {"S": f"k{n:03}"}, "amount": {"N": str(n * 3)}, "memo": {"S": "x" * n}}}}

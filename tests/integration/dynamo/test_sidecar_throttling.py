@@ -18,7 +18,7 @@ from meshproxy.proxy import ProxyThread
 from testbeds.dynamo.workload import client_for
 
 from ..support import admin_view
-from .conftest import PREFIX, endpoint, start_sidecar
+from .conftest import PREFIX, create_table, endpoint, start_sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +44,7 @@ def throttling_sidecar(empty_moto: tuple[str, int]) -> Iterator[ProxyThread]:
     moto, so only the test's requests cross the sidecar)."""
     dynamo = client_for(endpoint(empty_moto))
     try:
-        dynamo.create_table(
-            TableName=TABLE,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table(dynamo, TABLE)
         dynamo.put_item(TableName=TABLE, Item={"id": {"S": "o-1"}, "total": {"N": "42"}})
     finally:
         dynamo.close()
