@@ -24,6 +24,7 @@ Termination (``ServerTls``) does two things asyncio's ``create_server(ssl=...)``
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
@@ -50,9 +51,55 @@ HANDSHAKE_TIMEOUT = 10.0
 """A client that has not completed its TLS handshake this long after connecting is disconnected."""
 
 
+class _ListenerContext(ssl.SSLContext):
+    """A listener's context; ``handshakes`` lists the TCP transports of the handshakes started with it
+    whose ``SSLObject`` is not made yet, in order."""
+
+    handshakes: collections.deque[asyncio.BaseTransport]
+
+
+class _AlertingSSLObject(ssl.SSLObject):
+    """An ``SSLObject`` that sends the TLS alert of a failed server handshake before the connection closes.
+
+    asyncio's and uvloop's SSL protocols close the connection as soon as ``do_handshake`` raises, without
+    sending what OpenSSL wrote for the client: so a client refused for its certificate saw the connection
+    closed instead of ``certificate required`` or ``unknown ca``. This class keeps the outgoing buffer and
+    the TCP transport it was made for, and writes the alert itself.
+
+    Which transport: ``start_tls`` makes the ``SSLObject`` in a callback it schedules (``connection_made``),
+    and callbacks run in the order they were scheduled, so the objects a context makes come in the order
+    its handshakes started (``_Handshake`` appends to ``handshakes``; nothing else starts a handshake with a
+    listener's context)."""
+
+    _alert_outgoing: ssl.MemoryBIO | None = None
+    _alert_transport: asyncio.BaseTransport | None = None
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any, **kwargs: Any) -> Any:
+        self = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        context = kwargs.get("context")
+        if isinstance(context, _ListenerContext) and kwargs.get("server_side") and context.handshakes:
+            self._alert_outgoing = outgoing
+            self._alert_transport = context.handshakes.popleft()
+        return self
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            transport, outgoing = self._alert_transport, self._alert_outgoing
+            if transport is not None and outgoing is not None and outgoing.pending and not transport.is_closing():
+                cast(asyncio.WriteTransport, transport).write(outgoing.read())
+            raise
+
+
 def server_context(config: TlsServerConfig, *, protocol: str, where: str) -> ssl.SSLContext:
     """The context a listener terminates TLS with; ``where`` names the config path for errors."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _ListenerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.handshakes = collections.deque()
+    context.sslobject_class = _AlertingSSLObject
     context.minimum_version = _VERSIONS[config.min_version]
     try:
         context.load_cert_chain(config.cert_file, config.key_file)
@@ -342,9 +389,12 @@ class _Handshake(asyncio.Protocol):
             # Runs before the connection_made that start_tls schedules below, and reading stays paused.
             loop.call_soon(self._feed_early, bytes(self.early))
             self.early.clear()
+        context = tls.context
+        if isinstance(context, _ListenerContext):
+            context.handshakes.append(transport)  # for _AlertingSSLObject, made by start_tls's connection_made
         try:
             app = await loop.start_tls(
-                transport, self, tls.context, server_side=True, ssl_handshake_timeout=tls.handshake_timeout
+                transport, self, context, server_side=True, ssl_handshake_timeout=tls.handshake_timeout
             )
         except asyncio.CancelledError:
             tls.pending.discard(self)
