@@ -352,3 +352,45 @@ def test_a_request_that_cannot_be_signed_is_answered_500_and_the_connection_goes
         assert _counter(proxy, "signing_added") == 0
     finally:
         proxy.stop()
+
+
+def test_re_signing_over_tls_signs_for_the_tls_name(moto_auth: MotoAuth, tmp_path: Path) -> None:
+    """Upstream TLS: the request is signed for the cluster's ``sni`` (the name a real endpoint has, here
+    ``localhost`` on a TLS-terminating meshproxy in front of moto), over ``https``, and moto, which sees the
+    ``Host`` the sidecar set, accepts the signature."""
+    import trustme
+
+    from meshproxy.config import config_from_dict
+
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server.private_key_pem.write_to_path(str(key_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    edge = ProxyThread(config_from_dict({
+        "admin": None,
+        "listeners": [{"name": "edge", "address": "127.0.0.1:0", "protocol": "dynamo", "cluster": "moto",
+                       "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}}],
+        "clusters": [{"name": "moto", "hosts": [list(moto_auth.address)]}],
+    }))
+    edge.start()
+    try:
+        edge_port = edge.listener_address("edge")[1]
+        sidecar = ProxyThread(config_from_dict({
+            "admin": None,
+            "listeners": [{"name": PREFIX, "address": "127.0.0.1:0", "protocol": "dynamo", "cluster": "aws",
+                           "aws": {"region": REGION, "credentials": "static", "access_key_id": moto_auth.key_id,
+                                   "secret_access_key": moto_auth.secret}}],
+            "clusters": [{"name": "aws", "hosts": [["127.0.0.1", edge_port]],
+                          "tls": {"ca_file": str(ca_file), "sni": "localhost"}}],
+        }))
+        sidecar.start()
+        try:
+            client = _dummy_client(sidecar)
+            _crud(client, "over_tls")
+            assert _counter(sidecar, "signing_added") == 6
+        finally:
+            sidecar.stop()
+    finally:
+        edge.stop()
