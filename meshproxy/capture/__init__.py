@@ -34,6 +34,8 @@ from meshproxy.capture._packets import (
 )
 from meshproxy.capture._reassembly import (
     DEFAULT_MAX_BUFFERED,
+    DEFAULT_REORDER_WINDOW,
+    EPHEMERAL_PORTS_START,
     Closed,
     Connection,
     Data,
@@ -47,7 +49,9 @@ from meshproxy.capture._reassembly import (
 
 __all__ = [
     "DEFAULT_MAX_BUFFERED",
+    "DEFAULT_REORDER_WINDOW",
     "DEFAULT_SNAPLEN",
+    "EPHEMERAL_PORTS_START",
     "LINKTYPE_ETHERNET",
     "LINKTYPE_IPV4",
     "LINKTYPE_IPV6",

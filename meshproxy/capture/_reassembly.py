@@ -13,6 +13,10 @@ How the two sides are told apart (:attr:`Connection.roles`):
 * ``"syn"``: the sender of a SYN without ACK is the client;
 * ``"syn-ack"``: the SYN was not captured, the sender of the SYN+ACK is the server;
 * ``"server port"``: no handshake seen, one port is among the ``server_ports`` the caller named;
+* ``"port numbers"``: no handshake, no named port, but one port is below ``EPHEMERAL_PORTS_START`` (32768,
+  where Linux starts handing out client ports; BSDs, macOS and Windows start at 49152) and the other is
+  not: the low port is the server's (27017, 443, 8000, 50051 against a client's 5xxxx). A guess that is
+  right for servers on their usual ports;
 * ``"first sender"``: otherwise the first packet's sender is taken for the client. This is a guess (for a
   connection caught mid-way it is right only about half the time), so callers that know their servers'
   ports should name them.
@@ -43,6 +47,8 @@ _MOD = 1 << 32
 _HALF = 1 << 31
 DEFAULT_MAX_BUFFERED = 4 << 20
 """Out-of-order bytes held per direction before the earliest hole is declared a gap (4 MiB)."""
+EPHEMERAL_PORTS_START = 32768
+"""Ports from here up are taken for clients' when nothing better tells the sides apart."""
 DEFAULT_REORDER_WINDOW = 8
 """Segments of a connection that may still fill a hole after the peer acknowledged past it."""
 
@@ -65,8 +71,8 @@ class Connection:
     client: tuple[str, int]
     server: tuple[str, int]
     roles: str
-    """How client and server were told apart: ``"syn"``, ``"syn-ack"``, ``"server port"`` or
-    ``"first sender"`` (see the module documentation)."""
+    """How client and server were told apart: ``"syn"``, ``"syn-ack"``, ``"server port"``,
+    ``"port numbers"`` or ``"first sender"`` (see the module documentation)."""
 
     @property
     def mid_stream(self) -> bool:
@@ -305,6 +311,8 @@ class TcpReassembler:
             client, server, roles = a, b, "server port"
         elif a[1] in self.server_ports and b[1] not in self.server_ports:
             client, server, roles = b, a, "server port"
+        elif (a[1] < EPHEMERAL_PORTS_START) != (b[1] < EPHEMERAL_PORTS_START):
+            client, server, roles = (b, a, "port numbers") if a[1] < EPHEMERAL_PORTS_START else (a, b, "port numbers")
         else:
             client, server, roles = a, b, "first sender"
         conn = Connection(self._next_id, client, server, roles)

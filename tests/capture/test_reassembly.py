@@ -245,24 +245,48 @@ def test_sequence_number_wraparound(start: int) -> None:
     assert streams(reassemble(shifted, server_ports=[server_port(name)])) == reference
 
 
-@pytest.mark.parametrize(("ports", "roles"), [(True, "server port"), (False, "first sender")])
-def test_connection_caught_mid_way_starts_at_the_first_sequence_number_seen(ports: bool, roles: str) -> None:
+@pytest.mark.parametrize(
+    ("ports", "server", "roles"),
+    [(True, None, "server port"), (False, 27017, "port numbers"), (False, None, "first sender")],
+)
+def test_connection_caught_mid_way_starts_at_the_first_sequence_number_seen(
+    ports: bool, server: int | None, roles: str
+) -> None:
+    """The gRPC capture without its first packets: neither handshake nor the start of either stream. With the
+    server's port named, or on a usual server port (the capture's is ephemeral: moved to 27017 here), the
+    sides are told apart; with neither, the first sender is taken for the client."""
     name = "grpc.lo.pcap"
+    port = server_port(name)
     reference = streams(events_of(packets_of(name), name))
     items = segments(name)
-    first_data = next(i for i, s in enumerate(items) if s.length and s.dport == server_port(name))
-    later = items[first_data + 10 :]  # neither handshake nor the start of either stream
-    events = list(reassemble(later, server_ports=[server_port(name)] if ports else []))
+    first_data = next(i for i, s in enumerate(items) if s.length and s.dport == port)
+    later = items[first_data + 10 :]
+    first_sender = (later[0].src, later[0].sport)
+    if server is not None:
+        later = [
+            dataclasses.replace(
+                s, sport=server if s.sport == port else s.sport, dport=server if s.dport == port else s.dport
+            )
+            for s in later
+        ]
+    events = list(reassemble(later, server_ports=[port] if ports else []))
     (opened,) = [e for e in events if isinstance(e, Opened)]
     assert opened.conn.roles == roles
     assert opened.conn.mid_stream
-    if ports:
-        assert opened.conn.server[1] == server_port(name)
-    # Whatever was called what, each direction is a proper suffix of one of the real ones.
+    if roles == "first sender":
+        assert opened.conn.client == first_sender
+    else:
+        assert opened.conn.server[1] == (server or port)
+    # Each direction is a proper suffix of the real one.
     got = streams(events)
     assert len(got) == 2
-    for data in got.values():
-        assert any(whole.endswith(data) and len(data) < len(whole) for whole in reference.values())
+    for (_, _, direction), data in got.items():
+        if roles != "first sender":
+            whole = next(v for (_, _, d), v in reference.items() if d is direction)
+            assert whole.endswith(data)
+            assert len(data) < len(whole)
+        else:
+            assert any(whole.endswith(data) and len(data) < len(whole) for whole in reference.values())
     assert not any(isinstance(e, Gap) for e in events)
 
 
