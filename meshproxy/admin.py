@@ -228,15 +228,16 @@ class AdminServer:
         idle_timeout: float = IDLE_TIMEOUT,
         ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         token_file: str | None = None,
-        on_tls_error: Callable[[BaseException, Any], None] | None = None,
+        on_handshake: Callable[[BaseException | None, Any], None] | None = None,
     ) -> None:
         """``ssl_context``: serve HTTPS, with this context or the one a callable returns for each new
-        connection (certificate rotation). ``token_file``: require its bearer token. ``on_tls_error(exc,
-        peer)``: told of each failed handshake (the proxy counts them under ``http.admin.ssl.*``)."""
+        connection (certificate rotation). ``token_file``: require its bearer token. ``on_handshake(exc,
+        peer)``: told how each handshake ended, ``exc`` ``None`` when it succeeded (the proxy counts them
+        under ``http.admin.ssl.*``)."""
         self.stats = stats
         self._ssl_context = ssl_context
         self._token_file = token_file
-        self._on_tls_error = on_tls_error
+        self._on_handshake = on_handshake
         self.address = address
         """The configured address until ``serve`` has bound; then the bound one (port 0 resolved)."""
         self.state = state if state is not None else AdminState()
@@ -337,17 +338,20 @@ class AdminServer:
         """The TLS stream over ``stream``, or ``None`` when the handshake failed (reported, then closed)."""
         context = self._ssl_context() if callable(self._ssl_context) else self._ssl_context
         assert context is not None
+        peer = stream.extra(SocketAttribute.remote_address, None)
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
-                return await TLSStream.wrap(stream, server_side=True, ssl_context=context, standard_compatible=False)
+                tls = await TLSStream.wrap(stream, server_side=True, ssl_context=context, standard_compatible=False)
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
-            peer = stream.extra(SocketAttribute.remote_address, None)
-            if self._on_tls_error is not None:
-                self._on_tls_error(cause, peer)
+            if self._on_handshake is not None:
+                self._on_handshake(cause, peer)
             else:
                 log.warning("admin: TLS handshake with %s failed: %s", peer, cause)
             return None
+        if self._on_handshake is not None:
+            self._on_handshake(None, peer)
+        return tls
 
     async def _requests(self, stream: ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)

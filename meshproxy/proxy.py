@@ -125,7 +125,7 @@ class Proxy:
                     state=self.state,
                     ssl_context=None if admin_tls is None else admin_tls.current,
                     token_file=self.config.admin.token_file,
-                    on_tls_error=None if admin_tls is None else admin_tls.handshake_failed,
+                    on_handshake=None if admin_tls is None else admin_tls.handshake_ended,
                     clusters=self.cluster_status,
                     config_dump=self.config_dump,
                     extra_routes=[

@@ -331,6 +331,13 @@ class ServerTls:
         for handshake in list(self.pending):
             handshake.abort()
 
+    def handshake_ended(self, exc: BaseException | None, peer: Any) -> None:
+        """Count a handshake done elsewhere (the admin's): a success when ``exc`` is ``None``."""
+        if exc is None:
+            self.stats.handshake.value += 1
+        else:
+            self.handshake_failed(exc, peer)
+
     def handshake_failed(self, exc: BaseException, peer: Any) -> None:
         """Count a failed handshake under its reason and log it with the client's address."""
         reason = self.stats.failed(exc)
