@@ -344,3 +344,52 @@ def test_rotation_under_a_running_client_new_connections_get_the_new_certificate
             assert values[f"listener.{name}.ssl.context_update"] >= 2
             assert values[f"listener.{name}.ssl.handshake_error"] == 0
     print(f"rotation: {calls[0]} calls through two rotations and a refused half-rotation, 0 failed")
+
+
+# -- upstream -------------------------------------------------------------------------------------------
+
+
+def test_upstream_certificates_that_do_not_verify_are_counted_on_the_cluster(
+    tmp_path: Path, echo: tuple[str, int]
+) -> None:
+    """plaintext client -> tcp listener -> cluster with TLS -> a TLS-terminating listener of the same proxy
+    (a real TLS server) -> echo: a cluster that trusts another CA, and one that expects another name, fail
+    their handshakes, counted under ``cluster.<name>.ssl.*``; a cluster that verifies carries bytes."""
+    ca, stranger = trustme.CA(), trustme.CA()
+    server_files = install(tmp_path, ca.issue_cert("127.0.0.1"))
+    ca_file, stranger_file = tmp_path / "ca.pem", tmp_path / "stranger.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    stranger.cert_pem.write_to_path(str(stranger_file))
+
+    with ProxyThread(mesh([{"name": "tls_in", "protocol": "tcp", "tls": server_files}], echo)) as backend:
+        terminating = list(backend.listener_address("tls_in"))
+        clusters = {
+            "verified": {"ca_file": str(ca_file)},
+            "unknown_ca": {"ca_file": str(stranger_file)},
+            "wrong_name": {"ca_file": str(ca_file), "sni": "db.meshproxy.test"},
+        }
+        front = config_from_dict(
+            {
+                "admin": None,
+                "listeners": [
+                    {"name": name, "address": "127.0.0.1:0", "cluster": name, "protocol": "tcp"} for name in clusters
+                ],
+                "clusters": [{"name": name, "hosts": [terminating], "tls": tls} for name, tls in clusters.items()],
+            }
+        )
+        with ProxyThread(front) as proxy:
+            received = {}
+            for name in clusters:
+                with socket.create_connection(proxy.listener_address(name), timeout=10) as client:
+                    client.sendall(b"ping")
+                    received[name] = client.recv(100)
+            assert received == {"verified": b"ping", "unknown_ca": b"", "wrong_name": b""}
+
+            values = proxy.stats.values()
+            for name in ("unknown_ca", "wrong_name"):
+                assert values[f"cluster.{name}.ssl.handshake_error"] == 1
+                assert values[f"cluster.{name}.ssl.fail_verify_error"] == 1
+                assert values[f"cluster.{name}.upstream_cx_connect_fail"] == 1
+            assert "cluster.verified.ssl.handshake_error" not in values  # registered at the first failure
+        # The terminating side saw the two refusals as the client's alerts.
+        wait_for(lambda: backend.stats.values()["listener.tls_in.ssl.connection_error"] == 2, "the backend's count")
