@@ -10,28 +10,19 @@ request; no sockets, so it is stable enough on a busy machine.
 from __future__ import annotations
 
 import datetime
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, RefreshableCredentials
 
+from benchmarks.hotpath import per_op_us
 from meshproxy.codecs.http1 import Http1RequestDecoder
 from meshproxy.filters.dynamo.sigv4 import DynamoRequestSigner
 
+ROUNDS = 5000
+
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "dynamo"
-
-
-def _per_op_us(fn: Callable[[], object], rounds: int = 5000) -> float:
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter_ns()
-        for _ in range(rounds):
-            fn()
-        best = min(best, (time.perf_counter_ns() - start) / rounds / 1000)
-    return best
 
 
 def main() -> None:
@@ -53,10 +44,10 @@ def main() -> None:
             SigV4Auth(frozen, "dynamodb", "us-east-1").add_auth(aws)
 
         print(f"{step}: {len(request.headers)} headers, {len(request.body)} byte body")
-        print(f"  {'botocore AWSRequest + SigV4Auth.add_auth':44s} {_per_op_us(botocore_only):7.1f} us")
+        print(f"  {'botocore AWSRequest + SigV4Auth.add_auth':44s} {per_op_us(botocore_only, ROUNDS):7.1f} us")
         for label, credentials in (("static keys", static), ("temporary credentials", temporary)):
             signer = DynamoRequestSigner(credentials, region="us-east-1")
-            cost = _per_op_us(lambda signer=signer, request=request: signer.sign(request, "127.0.0.1:8000"))
+            cost = per_op_us(lambda signer=signer, request=request: signer.sign(request, "127.0.0.1:8000"), ROUNDS)
             print(f"  {'DynamoRequestSigner.sign, ' + label:44s} {cost:7.1f} us")
 
 
