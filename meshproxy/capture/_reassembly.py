@@ -266,6 +266,7 @@ class TcpReassembler:
             start = half.offset_of(start_seq)
             if segment.fin and half.fin_at is None:
                 half.fin_at = start + segment.length
+                self._drop_beyond_fin(half)
             if segment.length:
                 self._insert(half, start, segment, events)
             self._check_fin(half, segment.ts_ns, events)
@@ -335,6 +336,11 @@ class TcpReassembler:
         """Forget a finished connection but remember its 4-tuple for a while, so the last ACK of its close
         is not taken for a new connection caught mid-way."""
         state.finished = True
+        for half in state.halves.values():  # bytes beyond a FIN, never to be delivered
+            half.pending.clear()
+            half.starts.clear()
+            half.pending_bytes = 0
+            self._suspects.pop(id(half), None)
         if self._live.get(key) is state:
             del self._live[key]
         self._closed[key] = state
@@ -343,6 +349,11 @@ class TcpReassembler:
             self._closed.popitem(last=False)
 
     def _deliver(self, half: _Half, ts: int, captured: bytes, length: int, events: list[StreamEvent]) -> None:
+        if half.fin_at is not None and half.offset + length > half.fin_at:
+            # Held before the FIN was seen, claiming bytes past it: nothing follows a FIN.
+            self._count("beyond fin")
+            length = max(0, half.fin_at - half.offset)
+            captured = captured[:length]
         if captured:
             events.append(Data(half.conn, half.direction, ts, half.offset, captured))
             half.advance(len(captured))
@@ -352,6 +363,13 @@ class TcpReassembler:
 
     def _insert(self, half: _Half, start: int, segment: TcpSegment, events: list[StreamEvent]) -> None:
         captured, length = segment.payload, segment.length
+        if half.fin_at is not None and start + length > half.fin_at:
+            # Nothing follows a FIN: bytes claimed beyond it are bogus (or the FIN was), and are dropped.
+            self._count("beyond fin")
+            if start >= half.fin_at:
+                return
+            length = half.fin_at - start
+            captured = captured[:length]
         end = start + length
         if end <= half.offset:
             self._count("retransmitted segments")
@@ -376,6 +394,14 @@ class TcpReassembler:
         while half.pending_bytes > self.max_buffered and half.pending:
             self._skip_to(half, half.first_pending(), segment.ts_ns, "buffer limit", events)
 
+    def _drop_beyond_fin(self, half: _Half) -> None:
+        """Held segments that start at or after the FIN can never be delivered: let them go now, so every
+        held segment is below the FIN and skipping to the first one always makes progress."""
+        assert half.fin_at is not None
+        for start in [s for s in half.pending if s >= half.fin_at]:
+            self._count("beyond fin")
+            half.pending_bytes -= len(half.pending.pop(start)[1])
+
     def _drain(self, half: _Half, events: list[StreamEvent]) -> None:
         """Deliver held segments that are now in order (trimming what was already delivered)."""
         while half.pending:
@@ -391,6 +417,8 @@ class TcpReassembler:
             self._deliver(half, ts, captured[cut:], length - cut, events)
 
     def _skip_to(self, half: _Half, target: int, ts: int, reason: str, events: list[StreamEvent]) -> None:
+        if half.fin_at is not None:
+            target = min(target, half.fin_at)
         if target > half.offset:
             events.append(Gap(half.conn, half.direction, ts, half.offset, target - half.offset, reason))
             half.advance(target - half.offset)
@@ -447,7 +475,10 @@ class TcpReassembler:
                 if half.closed:
                     continue
             while half.pending:
+                before = (half.offset, len(half.pending))
                 self._skip_to(half, half.first_pending(), ts, reason, events)
+                if (half.offset, len(half.pending)) == before:  # cannot happen (see _drop_beyond_fin); never spin
+                    break
             if half.fin_at is not None and half.fin_at > half.offset:
                 self._skip_to(half, half.fin_at, ts, reason, events)
             half.closed = True

@@ -375,3 +375,25 @@ def test_stats_name_what_was_skipped() -> None:
     arp = Packet(0, 0, 1, b"\0" * 12 + b"\x08\x06" + b"\0" * 28, 42)
     assert reassembler.feed(arp) == []
     assert reassembler.stats == {"not ip": 1}
+
+
+def _seg(seq: int, flags: int, payload: bytes = b"", ack: int = 0, forward: bool = True) -> TcpSegment:
+    a, b = ("10.0.0.1", 40000), ("10.0.0.2", 27017)
+    (src, sport), (dst, dport) = (a, b) if forward else (b, a)
+    return TcpSegment(0, src, sport, dst, dport, seq, ack, flags, payload, len(payload))
+
+
+def test_nothing_is_delivered_beyond_a_fin() -> None:
+    """A FIN (sequence 6 after 5 bytes) seen before a held segment that claims bytes past it: the stream
+    ends at the FIN; the bogus bytes are dropped and counted."""
+    reassembler = TcpReassembler()
+    events = []
+    events += reassembler.feed(_seg(0, 0x02))  # SYN, isn 0
+    events += reassembler.feed(_seg(4, 0x10, b"late-and-long"))  # held: offsets 3..16
+    events += reassembler.feed(_seg(6, 0x11))  # FIN at offset 5
+    events += reassembler.feed(_seg(1, 0x10, b"hello"))  # offsets 0..5
+    events += reassembler.finish()
+    data = b"".join(e.data for e in events if isinstance(e, Data))
+    assert data == b"hello"
+    assert [e.how for e in events if isinstance(e, Closed) and e.direction is Direction.CLIENT_TO_SERVER] == ["fin"]
+    assert reassembler.stats["beyond fin"] == 1
