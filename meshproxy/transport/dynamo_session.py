@@ -31,6 +31,10 @@ The client's connection and the upstream connection live separate lives, as in a
   not be opened never carried the request, so the request is sent to another host instead (up to
   ``CONNECT_ATTEMPTS`` hosts); only when none is left is it answered 503.
 
+With an ``aws`` block the request is re-signed with SigV4 as it is written to the connection of the host
+picked (``_sign_for``, ``meshproxy.filters.dynamo.sigv4``): the signature covers that host's name, so it
+cannot be made earlier, by a filter, before the balancer has chosen.
+
 Bad input (``DecodeError`` from the framing: malformed HTTP, smuggling attempts, a head or body past the
 limits) is counted in ``dynamodb.<prefix>.decoding_error`` and answered with 400, 431 or 413 before the
 connection is closed; under ``on_decode_error: passthrough`` the connection is relayed undecoded from then
