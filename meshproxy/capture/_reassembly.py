@@ -260,6 +260,10 @@ class TcpReassembler:
             start_seq = (segment.seq + 1) % _MOD
         elif half.base is None:
             half.base = segment.seq
+        if segment.has_ack and other.base is None and half.isn is not None:
+            # This side's handshake was seen and it acknowledges the other side's first byte: the other
+            # side's SYN (or SYN+ACK) was missed, but its stream still starts exactly there.
+            other.base = segment.ack
         if segment.has_ack and other.base is not None and not other.closed:
             self._acknowledged(other, segment.ack, state)
         if not half.closed:

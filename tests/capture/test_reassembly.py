@@ -397,3 +397,19 @@ def test_nothing_is_delivered_beyond_a_fin() -> None:
     assert data == b"hello"
     assert [e.how for e in events if isinstance(e, Closed) and e.direction is Direction.CLIENT_TO_SERVER] == ["fin"]
     assert reassembler.stats["beyond fin"] == 1
+
+
+@pytest.mark.parametrize(("missing", "roles"), [("SYN", "syn-ack"), ("SYN+ACK", "syn")])
+def test_one_lost_handshake_packet_costs_nothing(missing: str, roles: str) -> None:
+    """Without the SYN (or without the SYN+ACK), the other side's acknowledgement says where the stream
+    whose handshake packet was lost starts: the streams are the same to the byte, offsets included."""
+    name = "mongo.lo.pcap"
+    reference = streams(events_of(packets_of(name), name))
+    items = segments(name)
+    wanted = 0x02 if missing == "SYN" else 0x12
+    kept = [s for s in items if s.flags & 0x12 != wanted]
+    assert len(items) - len(kept) == 3  # one per connection
+    events = list(reassemble(kept))
+    assert {e.conn.roles for e in events if isinstance(e, Opened)} == {roles}
+    assert streams(events) == reference
+    assert not any(isinstance(e, Gap) for e in events)
