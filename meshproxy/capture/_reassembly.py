@@ -27,9 +27,9 @@ hole (it was sent and received, the capture missed it, and it will never be retr
 ``reorder_window`` more TCP segments of the capture (of any connection) pass without filling it: captures
 are not always in causal order (a file merging several interfaces, or ``-i any`` on a multi-core host, can
 hold an ACK before the data it acknowledges). Also when the held bytes exceed the bound, at RST, and at the
-end of the capture. Retransmitted and overlapping bytes are
-delivered once (the first copy wins). Sequence numbers are compared modulo 2**32, so streams crossing the
-wraparound, and streams longer than 4 GiB, reassemble correctly.
+end of the capture. Retransmitted and overlapping bytes are delivered once (the first copy wins). Sequence
+numbers are compared modulo 2**32, so streams crossing the wraparound, and streams longer than 4 GiB,
+reassemble correctly. Nothing is delivered past a FIN.
 """
 
 from __future__ import annotations
