@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import ssl
@@ -350,6 +351,14 @@ class ServerTls:
         )
 
 
+def _forget(context: ssl.SSLContext, transport: asyncio.BaseTransport) -> None:
+    """Drop a handshake that failed before start_tls made its ``SSLObject`` (only a connection aborted in the
+    same loop iteration as its start, i.e. a drain), so that the next ``SSLObject`` does not take it."""
+    if isinstance(context, _ListenerContext):
+        with contextlib.suppress(ValueError):
+            context.handshakes.remove(transport)
+
+
 class _Handshake(asyncio.Protocol):
     """One accepted connection until its handshake is done.
 
@@ -405,9 +414,11 @@ class _Handshake(asyncio.Protocol):
             )
         except asyncio.CancelledError:
             tls.pending.discard(self)
+            _forget(context, transport)
             raise
         except Exception as exc:
             tls.pending.discard(self)
+            _forget(context, transport)
             tls.handshake_failed(exc, peer)
             transport.abort()
             return
@@ -469,8 +480,8 @@ class _Handshake(asyncio.Protocol):
             return False  # the client left before its handshake: the transport closes, connection_lost follows
         if self.session is not None:
             return bool(self.session.eof_received())
-        self.eof = True
-        return True  # kept open until the session is attached and says what it wants
+        self.eof = True  # passed on once the session is attached (an SSL transport ignores the answer)
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.session is not None:
