@@ -168,6 +168,33 @@ def _build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--json", action="store_true", help="one JSON object per operation (or the summary)")
     decode.add_argument("--summary", action="store_true", help="per-operation totals instead of one line each")
 
+    replay = commands.add_parser(
+        "replay", help="replay a capture's operations against a target and report what answered differently",
+        description="Replay the MongoDB, DynamoDB and gRPC operations of a pcap/pcapng capture against a "
+        "target, on the recorded schedule (scaled by --speed) or at --rate, and compare every answer with the "
+        "recorded one. Exit status 0: no differences; 3: differences; 1: the capture could not be used.",
+    )  # fmt: skip
+    replay.add_argument("file", metavar="FILE", help="a pcap or pcapng file")
+    replay.add_argument("--target", required=True, type=_address, metavar="HOST:PORT", help="where to send them")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, metavar="X", help="recorded timing divided by X (default 1)")
+    pace.add_argument("--rate", type=float, metavar="N", help="N operations a second, ignoring recorded times")
+    replay.add_argument("--connections", type=int, metavar="N", help="replay connections (default: as recorded)")
+    replay.add_argument("--protocol", action="append", choices=["mongodb", "dynamodb", "grpc", "http"],
+                        help="only this protocol (repeatable)")  # fmt: skip
+    replay.add_argument("--operation", action="append", metavar="NAME", help="only this operation (repeatable)")
+    replay.add_argument(
+        "--namespace", action="append", metavar="NS", help="only this db[.collection] / table / service"
+    )
+    replay.add_argument("--writes", action="store_true", help="replay writes too (they are skipped by default)")
+    replay.add_argument(
+        "--compare-bodies", action="store_true", help="compare reply documents, not only status and counts"
+    )
+    replay.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
+                        help="a field left out of body comparisons (repeatable)")  # fmt: skip
+    replay.add_argument("--aws-region", default="us-east-1", help="region DynamoDB requests are signed for")
+    replay.add_argument("--report", metavar="OUT.html", help="also write an HTML report with latency distributions")
+
     for name, text in (
         ("run", "run the proxy described by a YAML file"),
         ("check", "validate a YAML file and print a one-line summary; start nothing"),
@@ -295,6 +322,19 @@ def main(argv: list[str] | None = None) -> int:
         from meshproxy.replay.decode import run_decode
 
         return run_decode(args.file, as_json=args.json, summary=args.summary)
+    if args.command == "replay":
+        from meshproxy.replay.command import run_replay
+        from meshproxy.replay.replayer import ReplayOptions
+
+        options = ReplayOptions(
+            target=args.target, speed=args.speed, rate=args.rate, connections=args.connections,
+            protocols=frozenset(args.protocol) if args.protocol else None,
+            operations=frozenset(args.operation) if args.operation else None,
+            namespaces=frozenset(args.namespace) if args.namespace else None,
+            writes=args.writes, compare_bodies=args.compare_bodies, ignore_fields=frozenset(args.ignore_field),
+            aws_region=args.aws_region,
+        )  # fmt: skip
+        return run_replay(args.file, options, report_path=args.report)
     try:
         config = _sidecar_config(args) if args.command == "sidecar" else load_config(args.config)
     except ConfigError as exc:
