@@ -393,3 +393,29 @@ def test_upstream_certificates_that_do_not_verify_are_counted_on_the_cluster(
             assert "cluster.verified.ssl.handshake_error" not in values  # registered at the first failure
         # The terminating side saw the two refusals as the client's alerts.
         wait_for(lambda: backend.stats.values()["listener.tls_in.ssl.connection_error"] == 2, "the backend's count")
+
+
+def test_plaintext_and_silent_clients_on_a_tls_listener_and_a_drain_with_a_handshake_pending(
+    tmp_path: Path, echo: tuple[str, int]
+) -> None:
+    """A client speaking plaintext to a TLS listener is refused (``connection_error``, OpenSSL's reason in the
+    log); a client that connects and says nothing holds no session, and a drain ends its handshake at once
+    instead of waiting for the handshake timeout."""
+    ca = trustme.CA()
+    config = mesh([{"name": "edge", "protocol": "tcp", "tls": install(tmp_path, ca.issue_cert("127.0.0.1"))}], echo)
+    proxy = ProxyThread(config)
+    proxy.start()
+    try:
+        edge = proxy.listener_address("edge")
+        with socket.create_connection(edge, timeout=10) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert plain.recv(100) == b""  # closed: what it sent is not TLS
+        wait_for(lambda: ssl_stats(proxy, "edge")["connection_error"] == 1, "the plaintext client counted")
+
+        silent = socket.create_connection(edge, timeout=10)
+        assert echo_once(edge, client_context(ca)) == b"ping"  # others are served meanwhile
+        wait_for(lambda: proxy.stats.values()["listener.edge.downstream_cx_active"] == 0, "the good client gone")
+    finally:
+        proxy.stop()  # drains: the silent client's handshake is aborted
+    assert silent.recv(100) == b""
+    silent.close()
