@@ -194,3 +194,47 @@ def test_tls_on_both_sides(tls_secantus: tuple[str, int], tls_files: dict[str, s
         ) as client:
             client.shop.both.insert_one({"_id": 1})
             assert client.shop.both.find_one({"_id": 1}) == {"_id": 1}
+
+
+def test_x509_authentication_passes_through_a_tls_passthrough_listener(tmp_path: Path) -> None:
+    """MONGODB-X509 proves the client by the certificate it shows in the TLS handshake, so it works through
+    the proxy only when the proxy does not terminate TLS: a ``tcp`` listener relays the TLS bytes, and
+    SecantusDB authenticates the client's own certificate. (A terminating Mongo listener shows the server its
+    own client certificate, if any: docs/tls.md.)"""
+    from cryptography import x509
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    client_cert = ca.issue_cert("app-client", common_name="app-client")
+    files = {name: str(tmp_path / name) for name in ("ca.pem", "server.crt", "server.key", "client.pem")}
+    ca.cert_pem.write_to_path(files["ca.pem"])
+    server_cert.cert_chain_pems[0].write_to_path(files["server.crt"])
+    server_cert.private_key_pem.write_to_path(files["server.key"])
+    client_cert.private_key_and_cert_chain_pem.write_to_path(files["client.pem"])
+    subject = x509.load_pem_x509_certificate(client_cert.cert_chain_pems[0].bytes()).subject.rfc4514_string()
+    server = start_secantus(
+        tmp_path / "db",
+        tls_cert_file=files["server.crt"],
+        tls_key_file=files["server.key"],
+        tls_ca_file=files["ca.pem"],
+    )
+    tls = {"tls": True, "tlsCAFile": files["ca.pem"], "tlsCertificateKeyFile": files["client.pem"]}
+    try:
+        with MongoClient(*server.address, directConnection=True, **tls) as admin:
+            # SecantusDB names the user as it renders the subject, escaping every '#'.
+            admin["$external"].command(
+                "createUser", subject.replace("#", "\\#"), roles=[{"role": "readWrite", "db": "shop"}],
+                mechanisms=["MONGODB-X509"],
+            )  # fmt: skip
+        address = (str(server.address[0]), int(server.address[1]))
+        with proxy_for([address], protocol="tcp") as proxy:
+            host, port = proxy.listener_address("db")
+            with MongoClient(
+                host, port, directConnection=True, authMechanism="MONGODB-X509", serverSelectionTimeoutMS=5000, **tls
+            ) as client:
+                client.shop.certified.insert_one({"_id": 1})
+                assert client.shop.certified.find_one() == {"_id": 1}
+                assert client.shop.command("connectionStatus")["authInfo"]["authenticatedUsers"][0]["db"] == "$external"
+            assert proxy.stats.values()["listener.db.downstream_cx_total"] >= 1
+    finally:
+        server.stop()
