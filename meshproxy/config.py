@@ -399,6 +399,10 @@ class ListenerConfig(_ListenerBase):
     protocol_clusters: dict[Literal["mongo", "dynamo", "grpc", "tcp"], str] | None = None
     """``auto`` listeners: the cluster each sniffed protocol goes to (others go to ``cluster``), so one port
     can front a MongoDB server, a DynamoDB endpoint and a gRPC service at once."""
+    sni_clusters: dict[str, str] | None = None
+    """``auto`` listeners without ``tls``: a TLS connection is passed through, still encrypted, to the cluster
+    its ClientHello's server name (SNI) maps to here (``db.example.com``, ``*.example.com``, ``*`` for any
+    name or none); unmatched names go to ``protocol_clusters.tcp`` or ``cluster``."""
     balance: Literal["operation", "connection"] = "operation"
     """``operation``: each command is sent to a host the cluster picks (cursors, transactions and
     authenticated connections keep their host; docs/clusters.md#mongodb); ``connection``: a client
@@ -715,14 +719,15 @@ class MeshConfig(_Model):
         problems = _reference_problems([(x.name, x.cluster) for x in self.listeners], [c.name for c in self.clusters])
         names = {c.name for c in self.clusters}
         for index, listener in enumerate(self.listeners):
-            for kind, name in (getattr(listener, "protocol_clusters", None) or {}).items():
-                if name not in names:
-                    problems.append(
-                        (
-                            ("listeners", index, "protocol_clusters", kind),
-                            f"unknown cluster {name!r} (defined clusters: {', '.join(sorted(names))})",
+            for field_name in ("protocol_clusters", "sni_clusters"):
+                for kind, name in (getattr(listener, field_name, None) or {}).items():
+                    if name not in names:
+                        problems.append(
+                            (
+                                ("listeners", index, field_name, kind),
+                                f"unknown cluster {name!r} (defined clusters: {', '.join(sorted(names))})",
+                            )
                         )
-                    )
         if problems:
             raise _LocatedError(problems)
         return self

@@ -72,6 +72,9 @@ class Proxy:
                 protocol_clusters={
                     kind: self.clusters[name] for kind, name in (getattr(lc, "protocol_clusters", None) or {}).items()
                 },
+                sni_clusters={
+                    server: self.clusters[name] for server, name in (getattr(lc, "sni_clusters", None) or {}).items()
+                },
             )
             for lc in config.listeners
         }

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from meshproxy.codecs.http1 import looks_like_http1
 from meshproxy.codecs.mongo import looks_like_mongo
+from meshproxy.codecs.tls_hello import looks_like_tls
 
 Sniffer = Callable[[bytes], bool | None]
 
@@ -56,6 +57,7 @@ def sniff(prefix: bytes) -> str | None:
     return None if undecided else TCP
 
 
+register("tls", looks_like_tls)  # first: a ClientHello is never another protocol's start, and it decides in 6 bytes
 register("mongodb", looks_like_mongo)
 register("http2", looks_like_http2)
 register("http1", looks_like_http1)

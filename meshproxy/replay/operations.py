@@ -624,7 +624,8 @@ class CaptureDecoder:
         conversation = kind(conn, self.notes)
         self._conversations[conn.id] = conversation
         if kind is _Unknown:
-            self.notes.append(StreamNote(conn.id, None, "no codec recognises this connection; not decoded"))
+            what = "TLS: encrypted, not decoded" if protocol == "tls" else "no codec recognises this connection"
+            self.notes.append(StreamNote(conn.id, None, what + "; not decoded" * (protocol != "tls")))
         del self._pending[conn.id]
         done: list[CapturedOperation] = []
         for held in pending.events:

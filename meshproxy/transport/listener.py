@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import anyio
 
 from meshproxy.codecs import sniff
+from meshproxy.codecs.errors import DecodeError
+from meshproxy.codecs.tls_hello import ClientHello, match_server_name, read_client_hello
 from meshproxy.config import DynamoListenerConfig, GrpcListenerConfig, ListenerConfig
 from meshproxy.filters.dynamo.api import DynamoFilter
 from meshproxy.filters.dynamo.factory import build_dynamo_filters
@@ -200,11 +202,14 @@ class ListenerRuntime:
         stats: StatsStore,
         *,
         protocol_clusters: dict[str, Cluster] | None = None,
+        sni_clusters: dict[str, Cluster] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self.cluster = cluster
         self.protocol_clusters = protocol_clusters or {}
+        self.sni_clusters = sni_clusters or {}
+        """Server name (or ``*.suffix``, ``*``) -> the cluster a passed-through TLS connection goes to."""
         self.tls = (
             None
             if config.tls is None
@@ -377,7 +382,7 @@ class ListenerRuntime:
             return Relay(self, connection_id)
         return _Sniffer(self, connection_id)
 
-    def session_for(self, protocol: str, connection_id: int) -> Relay:
+    def session_for(self, protocol: str, connection_id: int, hello: ClientHello | None = None) -> Relay:
         self.stats.downstream_cx_protocol(protocol).inc()
         if protocol in ("mongodb", "mongo"):
             return MongoSession(self, connection_id)
@@ -385,6 +390,9 @@ class ListenerRuntime:
             return DynamoSession(self, connection_id)
         if protocol == "http2":
             return GrpcSession(self, connection_id)
+        if protocol == "tls" and hello is not None:
+            # Not terminated here: relayed still encrypted, to the cluster its server name maps to.
+            return Relay(self, connection_id, cluster=match_server_name(hello.server_name, self.sni_clusters))
         return Relay(self, connection_id)
 
     def connection_opened(self, session: Relay) -> None:
@@ -425,6 +433,17 @@ class _Sniffer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         verdict = sniff.sniff(self.buffer)
+        if verdict == "tls":
+            # A ClientHello: its server name picks the cluster, so wait for the whole hello (bounded).
+            try:
+                hello = read_client_hello(self.buffer)
+            except DecodeError:
+                self._decide("tcp")
+                return
+            if hello is None:
+                return
+            self._decide("tls", hello)
+            return
         if verdict is None and len(self.buffer) < SNIFF_MAX_BYTES:
             return
         self._decide(verdict or "tcp")
@@ -438,13 +457,13 @@ class _Sniffer(asyncio.Protocol):
             self.timer.cancel()
         self.decided = True
 
-    def _decide(self, protocol: str) -> None:
+    def _decide(self, protocol: str, hello: ClientHello | None = None) -> None:
         if self.decided or self.transport is None:
             return
         self.decided = True
         if self.timer is not None:
             self.timer.cancel()
-        session = self.session = self.listener.session_for(protocol, self.connection_id)
+        session = self.session = self.listener.session_for(protocol, self.connection_id, hello)
         self.transport.set_protocol(session)
         session.connection_made(self.transport)
         if self.buffer:

@@ -123,7 +123,7 @@ class Relay(asyncio.Protocol):
     """Which of a listener's clusters this session's traffic goes to (``protocol_clusters`` of an ``auto``
     listener can send each protocol to its own)."""
 
-    def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
+    def __init__(self, listener: ListenerRuntime, connection_id: int, cluster: Cluster | None = None) -> None:
         self.listener = listener
         self.connection_id = connection_id
         self.loop = asyncio.get_running_loop()
@@ -140,7 +140,7 @@ class Relay(asyncio.Protocol):
         self._up_eof = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self.cluster = listener.cluster_for(self.kind)
+        self.cluster = cluster or listener.cluster_for(self.kind)
         self.cluster_stats_rx = self.cluster.stats.upstream_cx_rx_bytes_total
         self.cluster_stats_tx = self.cluster.stats.upstream_cx_tx_bytes_total
 

@@ -50,10 +50,13 @@ def test_http_request_sniffs_as_http1() -> None:
     assert sniffing.sniff(request[:2]) is None  # "GE" may still become a method
 
 
-def test_tls_client_hello_sniffs_as_tcp() -> None:
+def test_a_tls_client_hello_sniffs_as_tls_within_six_bytes() -> None:
+    """An ``auto`` listener then reads its server name to pass it through (or terminates it, with ``tls``)."""
     hello = _tls_client_hello()
     assert hello[0] == 0x16  # TLS handshake record
-    assert sniffing.sniff(hello) == "tcp"
+    assert sniffing.sniff(hello) == "tls"
+    assert sniffing.sniff(hello[:6]) == "tls"
+    assert sniffing.sniff(hello[:3]) is None
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 15])
