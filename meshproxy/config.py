@@ -688,6 +688,9 @@ class AdminConfig(_Model):
     """Serve the admin over HTTPS; with ``client_ca_file``, only clients with a certificate it signed."""
     token_file: ReadableFile | None = None
     """A file holding a bearer token: every request but ``/ready`` must send ``Authorization: Bearer <token>``."""
+    tap_directory: str | None = None
+    """Where ``POST /tap/start`` writes its captures (default: ``meshproxy-taps`` in the system's temporary
+    directory); a path outside it is refused, so the admin cannot be used to write files elsewhere."""
 
     @model_validator(mode="after")
     def _secured_off_loopback(self) -> AdminConfig:

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from meshproxy.admin import AdminRequest, AdminResponse, AdminServer, AdminState, ClusterStatus, HostStatus, Route
+from meshproxy.capture.tap import TapManager
 from meshproxy.cluster import Cluster, Host
 from meshproxy.cluster.cluster import health_checker
 from meshproxy.cluster.discovery import Discovery, DnsDiscovery, HostsFileDiscovery, Resolver, discovery_for
@@ -78,6 +79,10 @@ class Proxy:
             )
             for lc in config.listeners
         }
+        self.taps = TapManager(
+            self.listeners, self.stats, config.admin.tap_directory if config.admin is not None else None
+        )
+        """Recordings of listeners to pcapng, driven from the admin's ``/tap`` routes."""
         self.health_checkers: dict[str, HealthChecker] = {}
         self.admin: AdminServer | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -136,7 +141,8 @@ class Proxy:
                             "/dynamodb/hot_keys",
                             self._hot_keys,
                             "hottest DynamoDB partition keys per listener and table (?table=NAME, ?limit=N)",
-                        )
+                        ),
+                        *self.taps.routes(),
                     ],
                 )
                 self.admin_address = await self._task_group.start(self.admin.serve)
@@ -175,6 +181,7 @@ class Proxy:
         async with anyio.create_task_group() as group:
             for listener in self.listeners.values():
                 group.start_soon(listener.drain, timeout)
+        await self.taps.stop_all()  # after the drain: the connections' ends are in the files
 
     def listener_address(self, name: str) -> tuple[str, int]:
         """The bound address of a listener (useful with port 0)."""

@@ -595,6 +595,9 @@ class GrpcSession(Relay):
             self._own_frames.clear()
         if data:
             transport = self.down_transport
+            tap = self.tap
+            if tap is not None:
+                tap.server(data)
             transport.write(data)
             if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 self.http2.outbound_flood.inc()
@@ -926,7 +929,7 @@ class GrpcSession(Relay):
             self._goaway_sent = True
             self.flush()
             # Written past h2, which would stop the open streams if it knew (see meshproxy.codecs.http2).
-            self.down_transport.write(goaway_frame(self.h2.highest_inbound_stream_id))
+            self.send_downstream(goaway_frame(self.h2.highest_inbound_stream_id))
         self._maybe_close()
 
     def _maybe_close(self) -> None:

@@ -32,6 +32,7 @@ from meshproxy.transport.relay import Relay
 from meshproxy.transport.tls import ServerTls, SslStats
 
 if TYPE_CHECKING:
+    from meshproxy.capture.tap import Tap
     from meshproxy.cluster import Cluster
 
 log = logging.getLogger("meshproxy.listener")
@@ -225,6 +226,8 @@ class ListenerRuntime:
         """Per protocol (``mongo``, ``dynamo``, ``grpc``, ``tcp``), the cluster an ``auto`` listener sends it to."""
         self.idle_timeout = config.idle_timeout
         self.sessions: set[Relay] = set()
+        self.tap: Tap | None = None
+        """The tap recording this listener's new connections (``meshproxy.capture.tap``), when one is on."""
         self._server: asyncio.Server | None = None
         self._idle = anyio.Event()
         self._idle.set()

@@ -33,6 +33,7 @@ from meshproxy.transport.tls import count_upstream_failure
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from meshproxy.capture.tap import ConnectionTap
     from meshproxy.cluster import Cluster, Host
     from meshproxy.transport.listener import ListenerRuntime
 
@@ -140,6 +141,9 @@ class Relay(asyncio.Protocol):
         self._up_eof = False
         self._idle_handle: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self.tap: ConnectionTap | None = None
+        """Set while a tap records this connection (``meshproxy.capture.tap``): the only cost of taps when off is
+        testing it per read and write."""
         self.cluster = cluster or listener.cluster_for(self.kind)
         self.cluster_stats_rx = self.cluster.stats.upstream_cx_rx_bytes_total
         self.cluster_stats_tx = self.cluster.stats.upstream_cx_tx_bytes_total
@@ -160,6 +164,8 @@ class Relay(asyncio.Protocol):
             local_address=self.listener.advertised_address,
         )
         self.listener.connection_opened(self)
+        if self.listener.tap is not None:
+            self.tap = self.listener.tap.attach(self)
         self.on_open()
         if self.dial_at_accept:
             self.dial()
@@ -224,6 +230,9 @@ class Relay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
+        tap = self.tap
+        if tap is not None:
+            tap.client(data)
         self.on_downstream_data(data)
 
     def eof_received(self) -> bool:
@@ -287,6 +296,9 @@ class Relay(asyncio.Protocol):
 
     def send_downstream(self, data: bytes) -> None:
         if not self.closed:
+            tap = self.tap
+            if tap is not None:
+                tap.server(data)
             self.down_transport.write(data)
 
     # -- request accounting (protocol sessions) ---------------------------------------------------------
@@ -362,6 +374,8 @@ class Relay(asyncio.Protocol):
             return
         self.closed = True
         self.closed_locally = local
+        if self.tap is not None:
+            self.tap.closed(local=local, abort=abort)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._connect_task is not None and not self._connect_task.done():

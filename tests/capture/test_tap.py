@@ -1,0 +1,429 @@
+"""The tap, end to end with real parts: a real client, a meshproxy listener in front of a real server, the tap
+switched on and off through the admin endpoint (HTTP POST), and the file it wrote read back by
+``meshproxy.replay.decode.decode_file``, which must give exactly the operations the client made, from the
+client's real port.
+
+Redaction is checked against a second proxy in the chain recording the same bytes without redaction: the
+redacted file holds none of the values the client sent, and decodes to the same operations with the same
+sizes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient, monitoring
+from support.moto import moto_server
+from support.wait import wait_for
+
+from meshproxy.capture import CaptureReport, read_packets
+from meshproxy.capture.redact import HttpRedactor, MongoRedactor, redact_json
+from meshproxy.codecs.mongo import encode_op_msg
+from meshproxy.config import MeshConfig, dynamo_sidecar_config, grpc_sidecar_config, mongo_sidecar_config
+from meshproxy.proxy import ProxyThread
+from meshproxy.replay.decode import DecodedCapture, decode_file
+
+pytestmark = pytest.mark.integration
+
+HANDSHAKES = {"hello", "ismaster", "isMaster"}
+"""Sent by pymongo when it connects and by its monitors; command listeners do not see them."""
+
+
+def with_taps(config: MeshConfig, directory: Path) -> MeshConfig:
+    assert config.admin is not None
+    return config.model_copy(update={"admin": config.admin.model_copy(update={"tap_directory": str(directory)})})
+
+
+def admin(proxy: ProxyThread, method: str, path: str) -> tuple[int, Any]:
+    address = proxy.admin_address
+    assert address is not None
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        body = response.read().decode()
+        try:
+            return response.status, json.loads(body)
+        except ValueError:
+            return response.status, body
+    finally:
+        connection.close()
+
+
+def start_tap(proxy: ProxyThread, listener: str, query: str) -> dict[str, Any]:
+    status, body = admin(proxy, "POST", f"/tap/start?listener={listener}&{query}")
+    assert status == 200, body
+    assert body["state"] == "recording"
+    return dict(body)
+
+
+def stop_tap(proxy: ProxyThread, listener: str) -> dict[str, Any]:
+    status, body = admin(proxy, "POST", f"/tap/stop?listener={listener}")
+    assert status == 200, body
+    assert body["state"] == "stopped"
+    return dict(body)
+
+
+def name(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def clients_of(proxy: ProxyThread, listener: str) -> set[str]:
+    """The client addresses (``ip:port``) of the listener's open connections, as the proxy saw them."""
+    return {session.info.client for session in list(proxy.proxy.listeners[listener].sessions)}
+
+
+def assert_clean(decoded: DecodedCapture) -> None:
+    assert decoded.report.damage == []
+    assert decoded.lost_bytes == 0
+    assert decoded.notes == []
+
+
+# -- MongoDB ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    from secantus import SecantusDBServer
+
+    with SecantusDBServer(port=0, storage_path=str(tmp_path_factory.mktemp("secantus"))) as server:
+        yield (str(server.address[0]), int(server.address[1]))
+
+
+class Commands(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def mongo_proxy(upstream: tuple[str, int], directory: Path, prefix: str = "tapm") -> ProxyThread:
+    config = mongo_sidecar_config(
+        listen=("127.0.0.1", 0), upstream=upstream, admin=("127.0.0.1", 0), stat_prefix=prefix
+    )
+    return ProxyThread(with_taps(config, directory))
+
+
+def mongo_workload(address: tuple[str, int], secret: str = "s3cret") -> list[str]:
+    """What pymongo did: its command names in order."""
+    commands = Commands()
+    with MongoClient(*address, directConnection=True, event_listeners=[commands]) as client:
+        orders = client.shop[f"orders_{uuid.uuid4().hex[:8]}"]
+        orders.insert_many([{"_id": i, "customer": f"{secret}-{i}", "amount": i * 7} for i in range(40)])
+        assert len(list(orders.find({}, batch_size=6))) == 40
+        orders.update_one({"_id": 3}, {"$set": {"customer": secret}})
+        orders.delete_one({"_id": 4})
+        assert orders.count_documents({"amount": {"$gt": 10}}) == 37
+    return commands.names
+
+
+def test_a_mongo_tap_started_from_the_admin_records_exactly_the_clients_commands(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    with mongo_proxy(secantus, tmp_path) as proxy:
+        started = start_tap(proxy, "tapm", "path=mongo.pcapng")
+        assert started["path"] == str((tmp_path / "mongo.pcapng").resolve())
+        commands = Commands()
+        address = proxy.listener_address("tapm")
+        with MongoClient(*address, directConnection=True, event_listeners=[commands]) as client:
+            orders = client.shop.tap_orders
+            orders.insert_many([{"_id": i, "customer": f"c{i % 3}", "amount": i * 7} for i in range(40)])
+            assert len(list(orders.find({}, batch_size=6))) == 40  # find + 6 getMores
+            orders.update_one({"_id": 3}, {"$set": {"amount": 1}})
+            orders.delete_one({"_id": 4})
+            assert orders.count_documents({"amount": {"$gt": 10}}) == 36
+            seen = clients_of(proxy, "tapm")
+        stopped = stop_tap(proxy, "tapm")
+        counters = proxy.stats.text(None, used_only=True)
+    decoded = decode_file(tmp_path / "mongo.pcapng")
+    assert_clean(decoded)
+    operations = [op for op in decoded.operations if op.operation not in HANDSHAKES]
+    assert [op.operation for op in operations] == commands.names
+    assert commands.names.count("getMore") == 6
+    assert all(op.status == "ok" for op in operations)
+    assert {op.client for op in decoded.operations} <= seen  # the real client ports
+    assert {op.client for op in operations} & seen
+    assert {op.server for op in decoded.operations} == {name(address)}
+    assert stopped["bytes_written"] == (tmp_path / "mongo.pcapng").stat().st_size
+    assert stopped["connections"] >= 2
+    assert stopped["dropped_bytes"] == 0
+    assert "tap.tapm.started: 1" in counters
+    assert "tap.tapm.stopped_admin: 1" in counters
+    assert f"tap.tapm.bytes_written: {stopped['bytes_written']}" in counters
+
+
+def test_a_mongo_tap_with_redaction_keeps_operations_and_sizes_but_no_value(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    """pymongo -> proxy A (plain tap) -> proxy B (redacting tap) -> SecantusDB: both record the same bytes."""
+    secret = "TOPSECRET" + uuid.uuid4().hex
+    with (
+        mongo_proxy(secantus, tmp_path, "inner") as inner,
+        mongo_proxy(inner.listener_address("inner"), tmp_path, "outer") as outer,
+    ):
+        start_tap(inner, "inner", "path=redacted.pcapng&redact=1")
+        start_tap(outer, "outer", "path=plain.pcapng")
+        commands = mongo_workload(outer.listener_address("outer"), secret)
+        stop_tap(outer, "outer")
+        status = stop_tap(inner, "inner")
+    assert status["redact"] is True
+    plain, redacted = tmp_path / "plain.pcapng", tmp_path / "redacted.pcapng"
+    assert secret.encode() in plain.read_bytes()
+    assert secret.encode() not in redacted.read_bytes()
+    assert secret[:12].encode() not in redacted.read_bytes()
+    a, b = decode_file(plain), decode_file(redacted)
+    assert_clean(b)
+
+    def shape(decoded: DecodedCapture) -> list[tuple[Any, ...]]:
+        # hello replies differ between the two proxies: each rewrites the topology to its own address
+        return [
+            (op.operation, op.namespace, op.status, op.request_bytes, op.response_bytes, op.documents)
+            for op in decoded.operations
+            if op.operation not in HANDSHAKES
+        ]
+
+    assert shape(b) == shape(a)
+    assert [row[0] for row in shape(b)] == commands
+
+
+# -- DynamoDB --------------------------------------------------------------------------------------------
+
+
+def dynamo_workload(address: tuple[str, int], secret: str = "s3cret") -> list[str]:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "dynamodb", endpoint_url="http://" + name(address), region_name="us-east-1",
+        aws_access_key_id="AKIDTAPTEST", aws_secret_access_key="x",
+        config=Config(retries={"total_max_attempts": 1}),
+    )  # fmt: skip
+    table = f"tap_{uuid.uuid4().hex[:8]}"
+    client.create_table(
+        TableName=table, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST",
+    )  # fmt: skip
+    done = ["CreateTable"]
+    for n in range(5):
+        client.put_item(TableName=table, Item={"pk": {"S": f"{secret}-{n}"}, "n": {"N": str(1000 + n)}})
+        done.append("PutItem")
+    item = client.get_item(TableName=table, Key={"pk": {"S": f"{secret}-3"}})["Item"]
+    assert item["n"] == {"N": "1003"}
+    puts = [{"PutRequest": {"Item": {"pk": {"S": f"{secret}-b{n}"}}}} for n in range(3)]
+    client.batch_write_item(RequestItems={table: puts})
+    assert client.scan(TableName=table)["Count"] == 8
+    client.delete_table(TableName=table)
+    client.close()
+    return [*done, "GetItem", "BatchWriteItem", "Scan", "DeleteTable"]
+
+
+def test_a_dynamodb_tap_records_exactly_boto3s_operations(tmp_path: Path) -> None:
+    with moto_server(empty=True) as moto:
+        config = dynamo_sidecar_config(
+            listen=("127.0.0.1", 0), upstream=moto, admin=("127.0.0.1", 0), stat_prefix="tapd"
+        )
+        with ProxyThread(with_taps(config, tmp_path)) as proxy:
+            start_tap(proxy, "tapd", "path=dynamo.pcapng")
+            expected = dynamo_workload(proxy.listener_address("tapd"))
+            stop_tap(proxy, "tapd")
+            address = name(proxy.listener_address("tapd"))
+    decoded = decode_file(tmp_path / "dynamo.pcapng")
+    assert_clean(decoded)
+    assert [op.operation for op in decoded.operations] == expected
+    assert all(op.status == "200" for op in decoded.operations)
+    assert {op.server for op in decoded.operations} == {address}
+    assert all(op.client.startswith("127.0.0.1:") and op.client != address for op in decoded.operations)
+
+
+def test_a_dynamodb_tap_with_redaction_keeps_operations_and_sizes_but_no_value(tmp_path: Path) -> None:
+    secret = "TOPSECRET" + uuid.uuid4().hex
+    with moto_server(empty=True) as moto:
+        inner_config = dynamo_sidecar_config(
+            listen=("127.0.0.1", 0), upstream=moto, admin=("127.0.0.1", 0), stat_prefix="inner"
+        )
+        with ProxyThread(with_taps(inner_config, tmp_path)) as inner:
+            outer_config = dynamo_sidecar_config(
+                listen=("127.0.0.1", 0), upstream=inner.listener_address("inner"), admin=("127.0.0.1", 0),
+                stat_prefix="outer",
+            )  # fmt: skip
+            with ProxyThread(with_taps(outer_config, tmp_path)) as outer:
+                start_tap(inner, "inner", "path=redacted.pcapng&redact=1")
+                start_tap(outer, "outer", "path=plain.pcapng")
+                expected = dynamo_workload(outer.listener_address("outer"), secret)
+                stop_tap(outer, "outer")
+                stop_tap(inner, "inner")
+    plain, redacted = (tmp_path / "plain.pcapng").read_bytes(), (tmp_path / "redacted.pcapng").read_bytes()
+    assert secret.encode() in plain
+    assert b"AKIDTAPTEST" in plain
+    assert secret[:12].encode() not in redacted
+    assert b"AKIDTAPTEST" not in redacted
+    assert b"1003" not in redacted
+    a, b = decode_file(tmp_path / "plain.pcapng"), decode_file(tmp_path / "redacted.pcapng")
+    assert_clean(b)
+
+    def shape(decoded: DecodedCapture) -> list[tuple[Any, ...]]:
+        return [
+            (op.operation, op.namespace, op.status, op.request_bytes, op.response_bytes) for op in decoded.operations
+        ]
+
+    assert shape(b) == shape(a)
+    assert [row[0] for row in shape(b)] == expected
+
+
+# -- gRPC ----------------------------------------------------------------------------------------------
+
+
+def grpc_workload(address: tuple[str, int], secret: bytes = b"s3cret") -> list[str]:
+    from testbeds.grpc.service import SERVICE, EchoClient
+
+    with EchoClient(address) as client:
+        assert client.unary(secret + b"-1", timeout=5) == b"echo:" + secret + b"-1"
+        assert client.unary(b"2", timeout=5) == b"echo:2"
+        assert [m for m in client.count(b"5", timeout=5)] == [b"m%d" % n for n in range(5)]
+        assert client.sum(iter([secret] * 4), timeout=5)
+        assert list(client.ping(iter([b"a", secret]), timeout=5)) == [b"pong:a", b"pong:" + secret]
+    return [f"/{SERVICE}/{method}" for method in ("Unary", "Unary", "Count", "Sum", "Ping")]
+
+
+def test_a_grpc_tap_records_exactly_the_calls_and_redaction_zeroes_the_messages(tmp_path: Path) -> None:
+    from testbeds.grpc.service import EchoServer
+
+    secret = b"TOPSECRET" + uuid.uuid4().hex.encode()
+    with EchoServer() as server:
+        config = grpc_sidecar_config(
+            listen=("127.0.0.1", 0), upstream=("127.0.0.1", server.port), admin=("127.0.0.1", 0), stat_prefix="tapg"
+        )
+        with ProxyThread(with_taps(config, tmp_path)) as proxy:
+            address = proxy.listener_address("tapg")
+            start_tap(proxy, "tapg", "path=grpc.pcapng")
+            expected = grpc_workload(address, secret)
+            stop_tap(proxy, "tapg")
+            start_tap(proxy, "tapg", "path=grpc-redacted.pcapng&redact=true")
+            assert grpc_workload(address, secret) == expected
+            stop_tap(proxy, "tapg")
+    plain, redacted = decode_file(tmp_path / "grpc.pcapng"), decode_file(tmp_path / "grpc-redacted.pcapng")
+    for decoded in (plain, redacted):
+        assert_clean(decoded)
+        assert [op.operation for op in decoded.operations] == expected
+        assert all(op.status == "OK" for op in decoded.operations)
+        assert {op.server for op in decoded.operations} == {name(address)}
+    assert secret in (tmp_path / "grpc.pcapng").read_bytes()
+    assert secret not in (tmp_path / "grpc-redacted.pcapng").read_bytes()
+    sizes = [(op.request_bytes, op.response_bytes) for op in plain.operations]
+    assert [(op.request_bytes, op.response_bytes) for op in redacted.operations] == sizes
+
+
+# -- bounds and the admin's rules --------------------------------------------------------------------------
+
+
+def test_a_tap_stops_itself_at_max_bytes_and_its_file_still_decodes(secantus: tuple[str, int], tmp_path: Path) -> None:
+    with mongo_proxy(secantus, tmp_path) as proxy:
+        start_tap(proxy, "tapm", "path=small.pcapng&max_bytes=20000")
+        with MongoClient(*proxy.listener_address("tapm"), directConnection=True) as client:
+            orders = client.shop.small
+            for n in range(200):
+                orders.insert_one({"_id": f"{uuid.uuid4()}", "n": n, "pad": "p" * 200})
+                if admin(proxy, "GET", "/tap")[1]["listeners"]["tapm"]["state"] != "recording":
+                    break
+            wait_for(lambda: admin(proxy, "GET", "/tap")[1]["listeners"]["tapm"]["state"] == "stopped", "the tap stops")
+            status = admin(proxy, "GET", "/tap")[1]["listeners"]["tapm"]
+            assert orders.count_documents({}) >= 1  # the proxy carries on without the tap
+        counters = proxy.stats.text(None, used_only=True)
+    assert status["reason"] == "max_bytes"
+    size = (tmp_path / "small.pcapng").stat().st_size
+    assert size <= 20000
+    assert status["bytes_written"] == size
+    assert "tap.tapm.stopped_max_bytes: 1" in counters
+    report = CaptureReport()
+    packets = list(read_packets(tmp_path / "small.pcapng", report))
+    assert packets
+    assert report.damage == []
+    assert report.complete
+    assert [op.operation for op in decode_file(tmp_path / "small.pcapng").operations if op.operation == "insert"]
+
+
+def test_a_tap_stops_itself_after_its_duration(secantus: tuple[str, int], tmp_path: Path) -> None:
+    with mongo_proxy(secantus, tmp_path) as proxy:
+        start_tap(proxy, "tapm", "path=short.pcapng&duration=0.2")
+        wait_for(lambda: admin(proxy, "GET", "/tap")[1]["listeners"]["tapm"]["state"] == "stopped", "the tap stops")
+        status = admin(proxy, "GET", "/tap")[1]["listeners"]["tapm"]
+    assert status["reason"] == "duration"
+    assert list(read_packets(tmp_path / "short.pcapng")) == []  # a valid, empty capture
+
+
+def test_the_admin_refuses_get_paths_outside_the_directory_and_overwrites(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    directory = tmp_path / "taps"
+    (tmp_path / "outside").mkdir()
+    with mongo_proxy(secantus, directory) as proxy:
+        assert admin(proxy, "GET", "/tap/start?listener=tapm")[0] == 405
+        assert admin(proxy, "GET", "/tap/stop?listener=tapm")[0] == 405
+        for path in ("../outside/x.pcapng", str(tmp_path / "outside" / "x.pcapng"), "/etc/passwd", "..", ""):
+            if path:
+                status, body = admin(proxy, "POST", f"/tap/start?listener=tapm&path={path}")
+                assert status == 400, (path, body)
+        assert list((tmp_path / "outside").iterdir()) == []
+        assert admin(proxy, "POST", "/tap/start?listener=nope")[0] == 400
+        assert admin(proxy, "POST", "/tap/start?listener=tapm&max_bytes=lots")[0] == 400
+        start_tap(proxy, "tapm", "path=one.pcapng")
+        assert admin(proxy, "POST", "/tap/start?listener=tapm&path=two.pcapng")[0] == 409  # one at a time
+        stop_tap(proxy, "tapm")
+        assert admin(proxy, "POST", "/tap/start?listener=tapm&path=one.pcapng")[0] == 409  # never overwritten
+        status, view = admin(proxy, "GET", "/tap")
+    assert status == 200
+    assert view["listeners"]["tapm"]["state"] == "stopped"
+    assert view["directory"] == str(directory)
+
+
+# -- redaction, unit by unit ----------------------------------------------------------------------------
+
+
+def test_mongo_redaction_keeps_the_command_and_sizes_and_fails_closed() -> None:
+    message = encode_op_msg(
+        {"insert": "users", "documents": [{"name": "alice", "age": 42, "tags": ["a", "b"]}], "$db": "app"},
+        request_id=7,
+    ).raw
+    redactor = MongoRedactor()
+    out = redactor.feed(message[:10]) + redactor.feed(message[10:])
+    assert len(out) == len(message)
+    assert b"alice" not in out
+    assert b"xxxxx" in out
+    assert b"users" in out
+    assert b"app" in out
+    assert b"name" in out
+    broken = MongoRedactor()
+    garbage = b"\x20\x00\x00\x00" + b"\xff" * 28
+    assert broken.feed(garbage) == bytes(len(garbage))
+    assert broken.feed(b"more") == bytes(4)
+
+
+def test_dynamodb_redaction_blanks_values_and_signatures_keeping_lengths() -> None:
+    body = b'{"TableName": "t", "Item": {"pk": {"S": "k\\"1"}, "n": {"N": "12"}, "s": {"SS": ["a", "bc"]}}}'
+    out = redact_json(body)
+    assert len(out) == len(body)
+    assert json.loads(out)["Item"]["pk"]["S"] == "xxxx"
+    assert json.loads(out)["Item"]["n"] == {"N": "00"}
+    assert json.loads(out)["TableName"] == "t"
+    head = (
+        b"POST / HTTP/1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKID/x, Signature=abc\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    redactor = HttpRedactor()
+    redacted = redactor.feed(head + body[:5]) + redactor.feed(body[5:])
+    assert len(redacted) == len(head) + len(body)
+    assert b"AKID" not in redacted
+    assert b"k\\\"1" not in redacted
