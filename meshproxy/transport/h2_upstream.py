@@ -45,7 +45,7 @@ from meshproxy.cluster.outlier import Outcome
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, Goaway, end_stream_frame, goaway_frame
 from meshproxy.lb import MaglevBalancer, RingHashBalancer
-from meshproxy.transport.tls import client_context
+from meshproxy.transport.tls import client_context, count_upstream_failure, tls_connected
 
 if TYPE_CHECKING:
     from meshproxy.cluster import Cluster, Host
@@ -484,10 +484,13 @@ class H2UpstreamPool:
                     server_hostname=cluster.server_hostname(host),
                 )
             ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                tls_connected(cluster, transport, cluster.server_hostname(host))
             if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
                 transport.close()
                 raise OSError(f"the server did not agree to HTTP/2 by ALPN ({ssl_object.selected_alpn_protocol()!r})")
         except (OSError, TimeoutError) as error:
+            count_upstream_failure(cluster, error)
             self.connecting.remove(connection)
             if isinstance(error, TimeoutError):
                 cluster.stats.upstream_cx_connect_timeout.inc()

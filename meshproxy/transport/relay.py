@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast
 
 from meshproxy.cluster.outlier import Outcome
 from meshproxy.filters.mongo.api import ConnectionInfo
-from meshproxy.transport.tls import count_upstream_failure
+from meshproxy.transport.tls import count_upstream_failure, tls_connected
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +71,8 @@ async def open_upstream(
     except ssl.SSLError as exc:  # the handshake failed: cluster.<name>.ssl.* and a log line, then as any failure
         count_upstream_failure(cluster, exc)
         raise
+    if cluster.ssl_context is not None:
+        tls_connected(cluster, transport, cluster.server_hostname(host))
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import certifi
 
 from meshproxy.config import ConfigError, MeshConfig, TlsClientConfig, TlsServerConfig
 from meshproxy.stats import Counter, StatsStore
@@ -120,13 +121,75 @@ def server_context(config: TlsServerConfig, *, protocol: str, where: str) -> ssl
     return context
 
 
+MAX_REMEMBERED_SESSIONS = 1024
+
+
+class _ResumingContext(ssl.SSLContext):
+    """A client context that offers each server name the TLS session of its last connection (resumption:
+    an abbreviated handshake, no certificate chain sent or verified again), as Envoy's upstream TLS does.
+
+    asyncio (and uvloop) make every client ``SSLObject`` through ``wrap_bio``, which is where a session can be
+    handed in. The last connection's ``SSLObject`` is kept rather than its session at connect time, because a
+    TLS 1.3 server sends its session tickets after the handshake: read at the next connect, the session has
+    them. A server that declines simply gets a full handshake."""
+
+    last: dict[str, ssl.SSLObject]
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side and isinstance(server_hostname, str):
+            previous = self.last.get(server_hostname)
+            if previous is not None:
+                session = previous.session
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, server_hostname: str, ssl_object: ssl.SSLObject) -> None:
+        last = self.last
+        last.pop(server_hostname, None)
+        last[server_hostname] = ssl_object
+        if len(last) > MAX_REMEMBERED_SESSIONS:
+            del last[next(iter(last))]
+
+
+def tls_connected(cluster: Cluster, transport: asyncio.BaseTransport, server_hostname: str | None) -> None:
+    """A connection to one of ``cluster``'s hosts is up: count its handshake (``cluster.<name>.ssl.handshake``,
+    ``session_reused``) and keep its session for the next connection to that name."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return
+    stats = SslStats.for_cluster(cluster.store, cluster.name)
+    stats.handshake.value += 1
+    if ssl_object.session_reused:
+        cluster.store.counter(
+            f"cluster.{cluster.name}.ssl.session_reused", prom="meshproxy_cluster_ssl_session_reused",
+            labels={"cluster": cluster.name},
+        ).value += 1  # fmt: skip
+    context = ssl_object.context
+    if isinstance(context, _ResumingContext) and server_hostname is not None:
+        context.remember(server_hostname, ssl_object)
+
+
 def client_context(config: TlsClientConfig, *, alpn: list[str] | None, where: str) -> ssl.SSLContext:
-    """The context a cluster originates TLS with; ``alpn`` is the protocol's (``["h2"]`` for gRPC)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """The context a cluster originates TLS with; ``alpn`` is the protocol's (``["h2"]`` for gRPC).
+
+    Without a ``ca_file`` the hosts are verified against the system's CAs and certifi's bundle (Mozilla's
+    roots, as botocore and requests ship them), so a slim container without a CA store still verifies a
+    managed database's certificate."""
+    context = _ResumingContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and names by default
+    context.last = {}
     context.minimum_version = _VERSIONS[config.min_version]
     try:
         if config.ca_file is not None:
             context.load_verify_locations(cafile=config.ca_file)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            context.load_verify_locations(cafile=certifi.where())
         if config.cert_file is not None and config.key_file is not None:
             context.load_cert_chain(config.cert_file, config.key_file)
     except (ssl.SSLError, OSError) as exc:

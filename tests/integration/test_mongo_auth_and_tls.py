@@ -12,6 +12,7 @@ Test certificates come from trustme; no key is committed.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -238,3 +239,21 @@ def test_x509_authentication_passes_through_a_tls_passthrough_listener(tmp_path:
             assert proxy.stats.values()["listener.db.downstream_cx_total"] >= 1
     finally:
         server.stop()
+
+
+def test_upstream_tls_sessions_are_resumed_by_the_next_connection(
+    tls_secantus: tuple[str, int], tls_files: dict[str, str]
+) -> None:
+    """Each client connection makes its own upstream connection; from the second on, the proxy offers the
+    server the previous session and the handshake is abbreviated (``cluster.<name>.ssl.session_reused``)."""
+    from filters.wire import op_msg
+
+    with proxy_for([tls_secantus], cluster={"tls": {"ca_file": tls_files["ca"], "sni": "db.internal"}}) as proxy:
+        address = proxy.listener_address("db")
+        for _ in range(3):
+            with socket.create_connection(address, timeout=5) as client:
+                client.sendall(op_msg({"ping": 1}, "admin"))
+                assert b"\x01ok\x00" in client.recv(65536)
+        values = proxy.stats.values()
+        assert values["cluster.up.ssl.handshake"] == 3
+        assert values["cluster.up.ssl.session_reused"] == 2
