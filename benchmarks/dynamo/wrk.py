@@ -74,14 +74,17 @@ def write_scripts(directory: Path, ops: list[Operation]) -> dict[str, Path]:
     return scripts
 
 
-def run_wrk(port: int, script: Path, connections: int, seconds: float, cpu: int | None) -> dict[str, Any]:
-    """One wrk run; returns the parsed ``done()`` JSON plus ``req_per_s`` and ``socket_errors``."""
+def run_wrk(
+    port: int, script: Path, connections: int, seconds: float, cpu: int | None, *, scheme: str = "http"
+) -> dict[str, Any]:
+    """One wrk run; returns the parsed ``done()`` JSON plus ``req_per_s`` and ``socket_errors``. ``scheme``
+    ``https`` makes every connection do a TLS handshake first (wrk does not verify certificates)."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk not installed")
     whole = max(1, math.ceil(seconds - 1e-9))
     cmd = [binary, "-t1", f"-c{connections}", f"-d{whole}s", "--timeout", "5s", "-s", str(script)]
-    cmd.append(f"http://{LOCALHOST}:{port}/")
+    cmd.append(f"{scheme}://{LOCALHOST}:{port}/")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=whole + 30, preexec_fn=pinned(cpu), check=False)
     for line in done.stdout.splitlines():
         if line.startswith(MARKER):
