@@ -165,20 +165,36 @@ class _Searching:
         self.skipped = 0
 
 
+class _Resynchronising(_Conversation):
+    """A protocol whose streams can find their next message boundary after lost bytes (MongoDB, HTTP/1.1):
+    a direction caught mid-way, or after a gap, searches before it decodes."""
+
+    def __init__(self, conn: Connection, notes: list[StreamNote]) -> None:
+        super().__init__(conn, notes)
+        self.searching: dict[Direction, _Searching | None] = {
+            C2S: _Searching() if conn.mid_stream else None,
+            S2C: _Searching() if conn.mid_stream else None,
+        }
+
+    def framed(self, direction: Direction, data: bytes) -> bytes:
+        """``data`` as the decoder should see it: from a boundary on (b"" while still searching)."""
+        searching = self.searching[direction]
+        return data if searching is None else self._search(direction, searching, data)
+
+    def _search(self, direction: Direction, searching: _Searching, data: bytes) -> bytes:
+        raise NotImplementedError
+
+
 _MONGO_OPCODES = frozenset({1, 2001, 2002, 2004, 2005, 2006, 2007, 2010, 2011, 2012, 2013})
 
 
-class _MongoConversation(_Conversation):
+class _MongoConversation(_Resynchronising):
     protocol = "mongodb"
 
     def __init__(self, conn: Connection, notes: list[StreamNote]) -> None:
         super().__init__(conn, notes)
         self.info = ConnectionInfo(id=conn.id, client=self.client, listener="capture", local_address=conn.server)
         self.decoders = {C2S: self._decoder(C2S), S2C: self._decoder(S2C)}
-        self.searching: dict[Direction, _Searching | None] = {
-            C2S: _Searching() if conn.mid_stream else None,
-            S2C: _Searching() if conn.mid_stream else None,
-        }
         self.pending: dict[int, tuple[MongoOperation, CapturedOperation]] = {}
 
     @staticmethod
@@ -186,11 +202,9 @@ class _MongoConversation(_Conversation):
         return MongoDecoder(max_message_size=DEFAULT_MAX_MESSAGE_SIZE, validate_documents=direction is C2S)
 
     def data(self, direction: Direction, ts_ns: int, data: bytes) -> list[CapturedOperation]:
-        searching = self.searching[direction]
-        if searching is not None:
-            data = self._search(direction, searching, data)
-            if not data:
-                return []
+        data = self.framed(direction, data)
+        if not data:
+            return []
         try:
             messages = self.decoders[direction].feed(data)
         except DecodeError as error:
@@ -285,7 +299,7 @@ _REQUEST_LINE = re.compile(rb"(?:GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) \S+ HTT
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] \d{3} ")
 
 
-class _Http1Conversation(_Conversation):
+class _Http1Conversation(_Resynchronising):
     """HTTP/1.1: DynamoDB's JSON protocol (``X-Amz-Target``), else plain HTTP. Answers pair in order."""
 
     def __init__(self, conn: Connection, notes: list[StreamNote]) -> None:
@@ -293,17 +307,11 @@ class _Http1Conversation(_Conversation):
         self.requests = Http1RequestDecoder()
         self.responses = Http1ResponseDecoder()
         self.waiting: deque[tuple[CapturedOperation, Any]] = deque()
-        self.searching: dict[Direction, _Searching | None] = {
-            C2S: _Searching() if conn.mid_stream else None,
-            S2C: _Searching() if conn.mid_stream else None,
-        }
 
     def data(self, direction: Direction, ts_ns: int, data: bytes) -> list[CapturedOperation]:
-        searching = self.searching[direction]
-        if searching is not None:
-            data = self._search(direction, searching, data)
-            if not data:
-                return []
+        data = self.framed(direction, data)
+        if not data:
+            return []
         try:
             if direction is C2S:
                 return self._requests(ts_ns, self.requests.feed(data))
