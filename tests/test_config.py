@@ -255,7 +255,7 @@ def test_a_string_where_a_list_belongs_is_reported_at_that_field() -> None:
     ("data", "line"),
     [
         ({**minimal(), "admin": 5}, "admin: expected a mapping, got a number (5)"),
-        ({**minimal(), "admin": {"adress": "127.0.0.1:1"}}, "admin.adress: unknown field 'adress' (known fields: address, tls, token_file); did you mean 'address'?"),  # noqa: E501
+        ({**minimal(), "admin": {"adress": "127.0.0.1:1"}}, "admin.adress: unknown field 'adress' (known fields: address, tls, token_file, tap_directory); did you mean 'address'?"),  # noqa: E501
         ({**minimal(), "listeners": {}}, "listeners: expected a list, got a mapping"),
         (minimal(filters=None), "listeners[0].filters: expected a list, got null"),
         (minimal(name=5), "listeners[0].name: expected a string, got a number (5)"),
