@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
+from meshproxy._background import BackgroundLoop
 from meshproxy.admin import AdminRequest, AdminResponse, AdminServer, AdminState, ClusterStatus, HostStatus, Route
 from meshproxy.capture.tap import TapManager
 from meshproxy.cluster import Cluster, Host
@@ -274,20 +274,18 @@ class ProxyThread:
 
     def __init__(self, config: MeshConfig, *, stats: StatsStore | None = None, start_timeout: float = 10.0):
         self.config = config
-        self._stats = stats
-        self._start_timeout = start_timeout
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._proxy: Proxy | None = None
-        self._token: Any = None
-        self._stop: anyio.Event | None = None
+        self._loop = BackgroundLoop(
+            lambda: Proxy(config, stats=stats),
+            name="meshproxy",
+            start_timeout=start_timeout,
+            backend_options={"use_uvloop": uvloop_available()},
+        )
 
     @property
     def proxy(self) -> Proxy:
-        if self._proxy is None:
+        if self._loop.value is None:
             raise RuntimeError("the proxy is not running")
-        return self._proxy
+        return self._loop.value
 
     @property
     def stats(self) -> StatsStore:
@@ -308,44 +306,12 @@ class ProxyThread:
         self.stop()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="meshproxy", daemon=True)
-        self._thread.start()
-        if not self._started.wait(self._start_timeout):
-            raise TimeoutError("meshproxy did not start in time")
-        if self._error is not None:
-            raise self._error
-
-    def _main(self) -> None:
-        async def main() -> None:
-            try:
-                self._stop = anyio.Event()
-                self._token = anyio.lowlevel.current_token()
-                async with Proxy(self.config, stats=self._stats) as proxy:
-                    self._proxy = proxy
-                    self._started.set()
-                    await self._stop.wait()
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                self._started.set()
-
-        try:
-            anyio.run(main, backend="asyncio", backend_options={"use_uvloop": uvloop_available()})
-        except BaseException as exc:
-            if self._error is None:
-                self._error = exc
+        self._loop.start()
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``fn()`` on the proxy's event loop and wait for its result."""
-        return anyio.from_thread.run(fn, token=self._token)
+        return self._loop.call(fn)
 
     def stop(self) -> None:
         """Drain and stop; blocks until the thread has finished."""
-        if self._thread is None:
-            return
-        if self._stop is not None and self._thread.is_alive():
-            stop = self._stop
-            anyio.from_thread.run_sync(stop.set, token=self._token)
-        self._thread.join()
-        self._thread = None
+        self._loop.stop()

@@ -35,6 +35,7 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from meshproxy._background import BackgroundLoop
 from meshproxy.cluster.cluster import Cluster, Host, health_checker
 from meshproxy.cluster.discovery import Discovery, DnsDiscovery, HostsFileDiscovery, Resolver, discovery_for
 from meshproxy.cluster.health import HealthChecker
@@ -321,12 +322,9 @@ class ClusterClientThread:
 
     def __init__(self, client: ClusterClient, *, start_timeout: float = 10.0) -> None:
         self.client = client
-        self._start_timeout = start_timeout
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._token: Any = None
-        self._stop: anyio.Event | None = None
+        self._loop = BackgroundLoop(
+            lambda: client, name=f"meshproxy cluster {client.name}", start_timeout=start_timeout
+        )
 
     @classmethod
     def from_config(
@@ -347,38 +345,8 @@ class ClusterClientThread:
 
     def start(self) -> None:
         """Start the thread; returns once the checks run (raises what stopped them from starting)."""
-        self._thread = threading.Thread(target=self._main, name=f"meshproxy cluster {self.client.name}", daemon=True)
-        self._thread.start()
-        if not self._started.wait(self._start_timeout):
-            raise TimeoutError(f"cluster {self.client.name} did not start in time")
-        if self._error is not None:
-            raise self._error
-
-    def _main(self) -> None:
-        async def main() -> None:
-            try:
-                self._stop = anyio.Event()
-                self._token = anyio.lowlevel.current_token()
-                async with self.client:
-                    self._started.set()
-                    await self._stop.wait()
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                self._started.set()
-
-        try:
-            anyio.run(main)
-        except BaseException as exc:
-            if self._error is None:
-                self._error = exc
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop the checks; blocks until the thread has finished. Idempotent."""
-        if self._thread is None:
-            return
-        if self._stop is not None and self._thread.is_alive():
-            anyio.from_thread.run_sync(self._stop.set, token=self._token)
-        self._thread.join()
-        self._thread = None
+        self._loop.stop()
