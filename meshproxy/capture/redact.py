@@ -406,8 +406,12 @@ class GrpcRedactor(Redactor):
                 if frame[4] & 0x8:  # PADDED
                     stop -= frame[9]
                     start += 1
+                self._zero_messages(int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF, frame, start, stop)
+            if (frame[3] in (0, 1) and frame[4] & 0x1) or frame[3] == 3:
+                # END_STREAM on DATA or HEADERS, or RST_STREAM: nothing more of this stream in this direction
                 stream = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
-                self._zero_messages(stream, frame, start, stop)
+                self._streams.pop(stream, None)
+                self._streams.pop(-stream - 1, None)
             out += frame
         return bytes(out)
 

@@ -146,7 +146,6 @@ class Tap:
     _stopping: bool = False
     _timer: Any = None
     _thread: threading.Thread | None = None
-    _sessions: list[Relay] = field(default_factory=list)
 
     # -- on the event loop ----------------------------------------------------------------------------
 
@@ -176,7 +175,6 @@ class Tap:
         if not isinstance(peer, tuple) or not isinstance(local, tuple):
             return None  # not an IP socket
         conn = ConnectionTap(self, (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1])), session.kind)
-        self._sessions.append(session)
         self.connections += 1
         self.stats.connections.inc()
         self.enqueue(_OPEN, conn, mid_stream)
@@ -212,10 +210,9 @@ class Tap:
             self._timer.cancel()
         if self.listener.tap is self:
             self.listener.tap = None
-        for session in self._sessions:
+        for session in list(self.listener.sessions):  # closed sessions are gone from it, and need nothing
             if session.tap is not None and session.tap.tap is self:
                 session.tap = None
-        self._sessions.clear()
         self._wake.set()
         log.info("tap of listener %s into %s stopped (%s)", self.listener.name, self.path, reason)
 

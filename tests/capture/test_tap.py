@@ -427,3 +427,78 @@ def test_dynamodb_redaction_blanks_values_and_signatures_keeping_lengths() -> No
     assert len(redacted) == len(head) + len(body)
     assert b"AKID" not in redacted
     assert b"k\\\"1" not in redacted
+
+
+# -- the writer and the memory bound, without a proxy -------------------------------------------------------
+
+
+class _Listener:
+    """What a ``Tap`` reads of its listener."""
+
+    name = "unit"
+    tap = None
+    sessions: set[Any] = set()
+    address = ("127.0.0.1", 27017)
+
+
+def _reassembled(data: bytes) -> list[Any]:
+    from meshproxy.capture import reassemble
+
+    return list(reassemble(read_packets(data)))
+
+
+def test_bytes_over_the_memory_bound_are_dropped_counted_and_left_as_a_hole_of_their_size() -> None:
+    import io
+
+    from meshproxy.capture import Closed, Data, Gap
+    from meshproxy.capture.tap import ConnectionTap, Tap, TapStats
+    from meshproxy.capture.writer import PcapngWriter
+    from meshproxy.stats import StatsStore
+
+    file = io.BytesIO()
+    file.close = lambda: None  # type: ignore[method-assign]  # keep the bytes readable
+    stats = StatsStore()
+    tap = Tap(_Listener(), Path("unit.pcapng"), file, TapStats.create(stats, "unit"), max_buffered=1000)  # type: ignore[arg-type]
+    conn = ConnectionTap(tap, ("127.0.0.1", 50123), ("127.0.0.1", 27017), "tcp")
+    writer = PcapngWriter()
+    tap._write(writer.header())
+    tap.enqueue(0, conn, False)  # open, with a handshake
+    conn.client(b"a" * 500)
+    conn.client(b"b" * 600)  # 500 + 600 waiting > 1000: dropped
+    conn.server(b"c" * 100)
+    assert tap.dropped_bytes == 600
+    assert tap._drain(writer) == ""
+    conn.client(b"d" * 300)  # the writer caught up: recorded again
+    conn.closed(local=False, abort=False)
+    assert tap._drain(writer) == ""
+    events = _reassembled(file.getvalue())
+    c2s = [(type(e).__name__, e.offset, len(e.data) if isinstance(e, Data) else e.length)
+           for e in events if isinstance(e, Data | Gap) and e.direction.value == "c2s"]  # fmt: skip
+    assert c2s == [("Data", 0, 500), ("Gap", 500, 600), ("Data", 1100, 300)]
+    assert [e.data for e in events if isinstance(e, Data) and e.direction.value == "s2c"] == [b"c" * 100]
+    assert sum(1 for e in events if isinstance(e, Closed)) == 2
+    assert "tap.unit.dropped_bytes: 600" in stats.text(None, used_only=True)
+
+
+def test_the_writer_frames_ipv6_and_ipv4_mapped_peers_and_large_writes_as_whole_segments() -> None:
+    from meshproxy.capture import Closed, Data, Opened
+    from meshproxy.capture.writer import MAX_SEGMENT, PcapngWriter, TcpConversation
+
+    writer = PcapngWriter()
+    out = writer.header()
+    six = TcpConversation(("::1", 40000), ("::1", 50051), client_seq=0xFFFFFFF0)  # wraps around 2**32
+    mapped = TcpConversation(("::ffff:127.0.0.1", 40001), ("127.0.0.1", 27017))
+    big = bytes(range(256)) * 700  # 179,200 bytes: three segments
+    frames = six.open(1) + six.client_data(2, big) + six.server_data(3, b"ok") + six.close(4, by_server=True)
+    frames += mapped.open(5) + mapped.client_data(6, b"hi") + mapped.close(7, by_server=False, reset=True)
+    out += b"".join(writer.packet(ts, frame) for ts, frame in frames)
+    assert len(six.client_data(0, b"x" * (MAX_SEGMENT + 1))) == 2
+    events = _reassembled(out)
+    opened = [e.conn for e in events if isinstance(e, Opened)]
+    assert [(c.client, c.server, c.roles) for c in opened] == [
+        (("::1", 40000), ("::1", 50051), "syn"), (("127.0.0.1", 40001), ("127.0.0.1", 27017), "syn"),
+    ]  # fmt: skip
+    data = [e for e in events if isinstance(e, Data)]
+    assert b"".join(e.data for e in data if e.conn.id == opened[0].id and e.direction.value == "c2s") == big
+    assert [e.ts_ns for e in data if e.conn.id == opened[1].id] == [6]
+    assert {(e.conn.id, e.how) for e in events if isinstance(e, Closed)} >= {(opened[1].id, "rst")}
