@@ -304,7 +304,7 @@ class Tap:
             conv = conn.conversation = TcpConversation(conn.client_address, conn.server_address)
             if self.redact:
                 conn.redactors = (redactor_for(conn.kind, client=True), redactor_for(conn.kind, client=False))
-            frames = [] if payload else conv.open(ts)
+            frames = conv.resume(ts) if payload else conv.open(ts)
         else:
             if conn.conversation is None:
                 return []

@@ -162,6 +162,12 @@ class TcpConversation:
             (ts_ns, tcp_frame(self.client, self.server, c + 1, s + 1, ACK)),
         ]
 
+    def resume(self, ts_ns: int) -> list[tuple[int, bytes]]:
+        """For a connection already open when recording began: no handshake (its sequence numbers are not
+        known, as tcpdump would not know them), but one bare ACK from the client, so that a reader calls the
+        right side the client even when the server is the first to send data (a reply that was pending)."""
+        return [(ts_ns, tcp_frame(self.client, self.server, self.client_seq, self.server_seq, ACK))]
+
     def client_data(self, ts_ns: int, data: bytes) -> list[tuple[int, bytes]]:
         frames = []
         for start in range(0, len(data), MAX_SEGMENT):

@@ -165,6 +165,32 @@ def test_a_mongo_tap_started_from_the_admin_records_exactly_the_clients_commands
     assert f"tap.tapm.bytes_written: {stopped['bytes_written']}" in counters
 
 
+def test_connections_open_before_the_tap_starts_are_recorded_from_then_on(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    """No handshake is written for them (as tcpdump would see them); the decoder finds the next message."""
+    with mongo_proxy(secantus, tmp_path) as proxy:
+        commands = Commands()
+        with MongoClient(*proxy.listener_address("tapm"), directConnection=True, event_listeners=[commands]) as client:
+            orders = client.shop.early
+            orders.insert_many([{"_id": i} for i in range(30)])
+            before = len(commands.names)
+            start_tap(proxy, "tapm", "path=midway.pcapng")
+            assert len(list(orders.find({}, batch_size=10))) == 30
+            assert orders.count_documents({}) == 30
+            after = commands.names[before:]
+            seen = clients_of(proxy, "tapm")
+            stop_tap(proxy, "tapm")
+    decoded = decode_file(tmp_path / "midway.pcapng")
+    operations = [op for op in decoded.operations if op.operation not in HANDSHAKES]
+    assert [op.operation for op in operations] == after
+    assert after[0] == "find"
+    assert after[-1] == "aggregate"
+    assert after.count("getMore") >= 2
+    assert {op.client for op in operations} <= seen
+    assert all(op.status == "ok" for op in operations)
+
+
 def test_a_mongo_tap_with_redaction_keeps_operations_and_sizes_but_no_value(
     secantus: tuple[str, int], tmp_path: Path
 ) -> None:
