@@ -75,36 +75,60 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return address
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Everything about one direction of a conversation that is the same in every frame, computed once
+    (parsing addresses per frame cost more than building the frame)."""
+
+    src_port: int
+    dst_port: int
+    src: bytes
+    """Packed source address (4 or 16 bytes)."""
+    dst: bytes
+    ethernet: bytes
+    """Destination MAC, source MAC, ethertype."""
+
+    @classmethod
+    def between(cls, src: tuple[str, int], dst: tuple[str, int], *, from_client: bool = True) -> _Route:
+        source, destination = _address(src[0]), _address(dst[0])
+        if source.version != destination.version:
+            # A listener on a dual-stack socket reports an IPv6 local address for an IPv4 client or the
+            # reverse: write both as IPv6, IPv4 addresses mapped.
+            source = ipaddress.IPv6Address(f"::ffff:{source}") if source.version == 4 else source
+            destination = ipaddress.IPv6Address(f"::ffff:{destination}") if destination.version == 4 else destination
+        macs = _SERVER_MAC + _CLIENT_MAC if from_client else _CLIENT_MAC + _SERVER_MAC  # destination first
+        ethertype = _ETHERTYPE_IPV4 if source.version == 4 else _ETHERTYPE_IPV6
+        return cls(src[1], dst[1], source.packed, destination.packed, macs + ethertype)
+
+    def frame(self, seq: int, ack: int, flags: int, payload: bytes = b"", window: int = 65535) -> bytes:
+        tcp = _TCP.pack(self.src_port, self.dst_port, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0)
+        length = 20 + len(payload)
+        if len(self.src) == 4:
+            pseudo = self.src + self.dst + _PSEUDO4.pack(0, 6, length)
+            ip = _IPV4.pack(0x45, 0, 20 + length, 0, 0x4000, 64, 6, 0, self.src, self.dst)
+            ip = ip[:10] + _CHECKSUM.pack(_checksum(ip)) + ip[12:]
+        else:
+            pseudo = self.src + self.dst + _PSEUDO6.pack(length, 6)
+            ip = _IPV6.pack(6 << 28, length, 6, 64, self.src, self.dst)
+        checksum = _checksum(pseudo + tcp + payload)
+        return b"".join((self.ethernet, ip, tcp[:16], _CHECKSUM.pack(checksum), tcp[18:], payload))
+
+
+_TCP = struct.Struct("!HHIIBBHHH")
+_PSEUDO4 = struct.Struct("!BBH")
+_PSEUDO6 = struct.Struct("!IxxxB")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_CHECKSUM = struct.Struct("!H")
+
+
 def tcp_frame(
     src: tuple[str, int], dst: tuple[str, int], seq: int, ack: int, flags: int, payload: bytes = b"",
     *, window: int = 65535,
 ) -> bytes:
     """One Ethernet frame carrying one TCP segment from ``src`` to ``dst`` (``(host, port)``), checksums
-    computed. Both addresses must be of the same family (IPv4-mapped IPv6 counts as IPv4)."""
-    source, destination = _address(src[0]), _address(dst[0])
-    if source.version != destination.version:
-        # A listener on a dual-stack socket reports an IPv6 local address for an IPv4 client or the reverse:
-        # write both as IPv6, IPv4 addresses mapped.
-        source = ipaddress.IPv6Address(f"::ffff:{source}") if source.version == 4 else source
-        destination = ipaddress.IPv6Address(f"::ffff:{destination}") if destination.version == 4 else destination
-    tcp = struct.pack(
-        "!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0
-    )
-    length = len(tcp) + len(payload)
-    if source.version == 4:
-        pseudo = source.packed + destination.packed + struct.pack("!BBH", 0, 6, length)
-    else:
-        pseudo = source.packed + destination.packed + struct.pack("!IxxxB", length, 6)
-    checksum = _checksum(pseudo + tcp + payload)
-    tcp = tcp[:16] + struct.pack("!H", checksum) + tcp[18:]
-    if source.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, 64, 6, 0, source.packed, destination.packed)
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-        ethertype = _ETHERTYPE_IPV4
-    else:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, length, 6, 64, source.packed, destination.packed)
-        ethertype = _ETHERTYPE_IPV6
-    return _SERVER_MAC + _CLIENT_MAC + ethertype + ip + tcp + payload
+    computed. Addresses of different families are both written as IPv6 (IPv4-mapped counts as IPv4)."""
+    return _Route.between(src, dst).frame(seq, ack, flags, payload, window)
 
 
 @dataclass(slots=True)
@@ -151,28 +175,34 @@ class TcpConversation:
     """The next sequence number of the client's direction (starts as its initial sequence number)."""
     server_seq: int = field(default_factory=lambda: int.from_bytes(os.urandom(4), "big"))
     closed: bool = False
+    _c2s: _Route = field(init=False, repr=False)
+    _s2c: _Route = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._c2s = _Route.between(self.client, self.server)
+        self._s2c = _Route.between(self.server, self.client, from_client=False)
 
     def open(self, ts_ns: int) -> list[tuple[int, bytes]]:
         """SYN, SYN+ACK, ACK; the streams start one past each initial sequence number."""
         c, s = self.client_seq, self.server_seq
         self.client_seq, self.server_seq = c + 1, s + 1
         return [
-            (ts_ns, tcp_frame(self.client, self.server, c, 0, SYN)),
-            (ts_ns, tcp_frame(self.server, self.client, s, c + 1, SYN | ACK)),
-            (ts_ns, tcp_frame(self.client, self.server, c + 1, s + 1, ACK)),
+            (ts_ns, self._c2s.frame(c, 0, SYN)),
+            (ts_ns, self._s2c.frame(s, c + 1, SYN | ACK)),
+            (ts_ns, self._c2s.frame(c + 1, s + 1, ACK)),
         ]
 
     def resume(self, ts_ns: int) -> list[tuple[int, bytes]]:
         """For a connection already open when recording began: no handshake (its sequence numbers are not
         known, as tcpdump would not know them), but one bare ACK from the client, so that a reader calls the
         right side the client even when the server is the first to send data (a reply that was pending)."""
-        return [(ts_ns, tcp_frame(self.client, self.server, self.client_seq, self.server_seq, ACK))]
+        return [(ts_ns, self._c2s.frame(self.client_seq, self.server_seq, ACK))]
 
     def client_data(self, ts_ns: int, data: bytes) -> list[tuple[int, bytes]]:
         frames = []
         for start in range(0, len(data), MAX_SEGMENT):
             chunk = data[start : start + MAX_SEGMENT]
-            frame = tcp_frame(self.client, self.server, self.client_seq, self.server_seq, PSH | ACK, chunk)
+            frame = self._c2s.frame(self.client_seq, self.server_seq, PSH | ACK, chunk)
             frames.append((ts_ns, frame))
             self.client_seq += len(chunk)
         return frames
@@ -181,7 +211,7 @@ class TcpConversation:
         frames = []
         for start in range(0, len(data), MAX_SEGMENT):
             chunk = data[start : start + MAX_SEGMENT]
-            frame = tcp_frame(self.server, self.client, self.server_seq, self.client_seq, PSH | ACK, chunk)
+            frame = self._s2c.frame(self.server_seq, self.client_seq, PSH | ACK, chunk)
             frames.append((ts_ns, frame))
             self.server_seq += len(chunk)
         return frames
@@ -200,15 +230,15 @@ class TcpConversation:
         self.closed = True
         c, s = self.client_seq, self.server_seq
         if reset:
-            return [(ts_ns, tcp_frame(self.server, self.client, s, c, RST | ACK))]
+            return [(ts_ns, self._s2c.frame(s, c, RST | ACK))]
         if by_server:
             return [
-                (ts_ns, tcp_frame(self.server, self.client, s, c, FIN | ACK)),
-                (ts_ns, tcp_frame(self.client, self.server, c, s + 1, FIN | ACK)),
-                (ts_ns, tcp_frame(self.server, self.client, s + 1, c + 1, ACK)),
+                (ts_ns, self._s2c.frame(s, c, FIN | ACK)),
+                (ts_ns, self._c2s.frame(c, s + 1, FIN | ACK)),
+                (ts_ns, self._s2c.frame(s + 1, c + 1, ACK)),
             ]
         return [
-            (ts_ns, tcp_frame(self.client, self.server, c, s, FIN | ACK)),
-            (ts_ns, tcp_frame(self.server, self.client, s, c + 1, FIN | ACK)),
-            (ts_ns, tcp_frame(self.client, self.server, c + 1, s + 1, ACK)),
+            (ts_ns, self._c2s.frame(c, s, FIN | ACK)),
+            (ts_ns, self._s2c.frame(s, c + 1, FIN | ACK)),
+            (ts_ns, self._c2s.frame(c + 1, s + 1, ACK)),
         ]
