@@ -191,6 +191,50 @@ def test_connections_open_before_the_tap_starts_are_recorded_from_then_on(
     assert all(op.status == "ok" for op in operations)
 
 
+def test_a_tap_on_a_tls_listener_records_what_the_client_sent_decrypted(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    import trustme
+
+    from meshproxy.config import config_from_dict
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    paths["cert"].write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    config = config_from_dict(
+        {
+            "admin": {"address": "127.0.0.1:0", "tap_directory": str(tmp_path)},
+            "listeners": [
+                {
+                    "name": "edge", "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "up",
+                    "tls": {"cert_file": str(paths["cert"]), "key_file": str(paths["key"])},
+                }
+            ],
+            "clusters": [{"name": "up", "hosts": [list(secantus)]}],
+        }
+    )  # fmt: skip
+    with ProxyThread(config) as proxy:
+        start_tap(proxy, "edge", "path=tls.pcapng")
+        commands = Commands()
+        address = proxy.listener_address("edge")
+        with MongoClient(
+            *address, tls=True, tlsCAFile=str(paths["ca"]), directConnection=True, event_listeners=[commands]
+        ) as client:
+            client.shop.tls_tap.insert_one({"n": 1})
+            assert client.shop.tls_tap.find_one({"n": 1}) is not None
+            seen = clients_of(proxy, "edge")
+        stop_tap(proxy, "edge")
+    decoded = decode_file(tmp_path / "tls.pcapng")
+    assert_clean(decoded)
+    operations = [op for op in decoded.operations if op.operation not in HANDSHAKES]
+    assert [op.operation for op in operations] == commands.names
+    assert {op.client for op in operations} <= seen
+    assert {op.server for op in decoded.operations} == {name(address)}
+
+
 def test_a_mongo_tap_with_redaction_keeps_operations_and_sizes_but_no_value(
     secantus: tuple[str, int], tmp_path: Path
 ) -> None:
