@@ -352,12 +352,24 @@ class TlsClientConfig(_Model):
         return self
 
 
+class ListenerTapConfig(_Model):
+    """Record the listener from startup, as ``POST /tap/start`` would (``meshproxy.capture.tap``)."""
+
+    path: str | None = None
+    """The pcapng file: absolute, or relative to ``admin.tap_directory``; default ``<listener>-<time>-<pid>``."""
+    max_bytes: Annotated[ByteSize, Field(ge=1024)] = 100 * 1024 * 1024
+    duration: Annotated[Duration, Field(gt=0)] = 300.0
+    redact: bool = False
+
+
 class _ListenerBase(_Model):
     name: str
     address: Address
     cluster: str
     tls: TlsServerConfig | None = None
     """Terminate TLS on this listener."""
+    tap: ListenerTapConfig | None = None
+    """Record this listener's connections to pcapng from startup, until ``max_bytes`` or ``duration``."""
     stat_prefix: str | None = None
     """Stats scope (``mongo.<stat_prefix>.*``, ``dynamodb.<stat_prefix>.*``); defaults to the listener's name."""
     on_decode_error: Literal["close", "passthrough"] = "close"

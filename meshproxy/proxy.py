@@ -104,6 +104,7 @@ class Proxy:
                 await listener.start()
                 if listener.tls is not None:
                     self._task_group.start_soon(listener.tls.watch, name=f"certificate files of {listener.name}")
+            await self.taps.start_configured()  # listeners with ``tap:`` record from their first connection
             for cluster_config in self.config.clusters:
                 if cluster_config.outlier_detection is not None:
                     self._task_group.start_soon(

@@ -370,13 +370,17 @@ class TapManager:
             Route("/tap/stop", self._stop, "stop a listener's tap: ?listener=NAME", post),
         ]  # fmt: skip
 
-    def resolve(self, name: str | None, listener: str) -> Path:
-        """The file a tap writes: ``name`` inside the tap directory (``ValueError`` when it is not)."""
+    def resolve(self, name: str | None, listener: str, *, anywhere: bool = False) -> Path:
+        """The file a tap writes: ``name`` inside the tap directory (``ValueError`` when it is not);
+        ``anywhere``: an absolute ``name`` may be elsewhere (the configuration file is trusted, the admin's
+        clients are not)."""
         if not name:
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             name = f"{listener}-{stamp}-{os.getpid()}.pcapng"
         base = self.directory.resolve()
         target = (base / name).resolve()
+        if anywhere:
+            return target
         if target == base or base not in target.parents:
             raise ValueError(f"the tap writes only inside {base}: {name!r} is not")
         return target
@@ -384,6 +388,7 @@ class TapManager:
     async def start(
         self, listener: str, path: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
         duration: float = DEFAULT_DURATION, redact: bool = False, max_buffered: int = DEFAULT_MAX_BUFFERED,
+        anywhere: bool = False,
     ) -> Tap:
         """Start recording ``listener`` (``KeyError``: no such listener; ``ValueError``: a bad path or
         argument; ``FileExistsError``; ``RuntimeError``: it is being recorded already)."""
@@ -393,7 +398,7 @@ class TapManager:
             raise RuntimeError(f"listener {listener} is being recorded already, into {current.path}")
         if max_bytes < 1024 or duration <= 0:
             raise ValueError("max_bytes must be at least 1024 and duration positive")
-        target = self.resolve(path, listener)
+        target = self.resolve(path, listener, anywhere=anywhere)
 
         def open_file() -> BinaryIO:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +413,21 @@ class TapManager:
         tap.start(list(runtime.sessions))
         log.info("tap of listener %s into %s started", listener, target)
         return tap
+
+    async def start_configured(self) -> None:
+        """Start the taps listeners ask for in the configuration (``tap:``). One that cannot start (its file
+        exists, its directory cannot be written) is logged: a capture is not worth refusing traffic for."""
+        for name, runtime in self.listeners.items():
+            wanted = getattr(runtime.config, "tap", None)
+            if wanted is None:
+                continue
+            try:
+                await self.start(
+                    name, wanted.path, max_bytes=wanted.max_bytes, duration=wanted.duration, redact=wanted.redact,
+                    anywhere=True,
+                )  # fmt: skip
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.error("listener %s: its configured tap cannot start: %s", name, exc)
 
     async def stop(self, listener: str, reason: str = "admin") -> Tap | None:
         tap = self.taps.get(listener)

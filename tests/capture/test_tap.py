@@ -235,6 +235,45 @@ def test_a_tap_on_a_tls_listener_records_what_the_client_sent_decrypted(
     assert {op.server for op in decoded.operations} == {name(address)}
 
 
+def test_a_tap_in_the_configuration_records_from_the_first_connection(
+    secantus: tuple[str, int], tmp_path: Path
+) -> None:
+    from meshproxy.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "admin": {"address": "127.0.0.1:0", "tap_directory": str(tmp_path / "taps")},
+            "listeners": [
+                {
+                    "name": "boot", "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "up",
+                    "tap": {"path": str(tmp_path / "boot.pcapng"), "max_bytes": "10MiB", "duration": "5m"},
+                },
+                {
+                    "name": "taken", "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "up",
+                    "tap": {"path": "boot.pcapng"},  # relative: in the tap directory, where it exists already
+                },
+            ],
+            "clusters": [{"name": "up", "hosts": [list(secantus)]}],
+        }
+    )  # fmt: skip
+    (tmp_path / "taps").mkdir()
+    (tmp_path / "taps" / "boot.pcapng").write_bytes(b"mine")
+    commands = Commands()
+    with ProxyThread(config) as proxy:
+        with MongoClient(*proxy.listener_address("boot"), directConnection=True, event_listeners=[commands]) as client:
+            client.shop.boot.insert_one({"n": 1})
+            with MongoClient(*proxy.listener_address("taken"), directConnection=True) as other:
+                assert other.shop.boot.count_documents({}) >= 1  # the listener whose tap could not start serves
+        view = admin(proxy, "GET", "/tap")[1]["listeners"]
+        assert view["boot"]["state"] == "recording"
+        assert view["boot"]["max_bytes"] == 10 * 1024 * 1024
+        assert view["taken"] == {"state": "off"}
+        stop_tap(proxy, "boot")
+    assert (tmp_path / "taps" / "boot.pcapng").read_bytes() == b"mine"
+    operations = decode_file(tmp_path / "boot.pcapng").operations
+    assert [op.operation for op in operations if op.operation not in HANDSHAKES] == commands.names
+
+
 def test_a_mongo_tap_with_redaction_keeps_operations_and_sizes_but_no_value(
     secantus: tuple[str, int], tmp_path: Path
 ) -> None:
