@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -126,7 +126,6 @@ class Tap:
     duration: float = DEFAULT_DURATION
     redact: bool = False
     max_buffered: int = DEFAULT_MAX_BUFFERED
-    on_stopped: Callable[[Tap], None] | None = None
     state: str = "recording"
     """``recording``, ``stopping`` (the writer is finishing the file), ``stopped``."""
     reason: str = ""
@@ -213,6 +212,8 @@ class Tap:
         for session in list(self.listener.sessions):  # closed sessions are gone from it, and need nothing
             if session.tap is not None and session.tap.tap is self:
                 session.tap = None
+        if self._done.is_set():
+            self._queue.clear()
         self._wake.set()
         log.info("tap of listener %s into %s stopped (%s)", self.listener.name, self.path, reason)
 
@@ -261,12 +262,12 @@ class Tap:
         finally:
             with contextlib.suppress(OSError):
                 self.file.close()
-            if reason and not self._stopping:
-                loop.call_soon_threadsafe(self.stop, reason)
+            self._queue.clear()  # what the file had no room for; the loop clears what arrives until it stops
             self.state = "stopped"
             self._done.set()
-            if self.on_stopped is not None:
-                loop.call_soon_threadsafe(self.on_stopped, self)
+            if reason and not self._stopping:
+                with contextlib.suppress(RuntimeError):  # the loop is closed already: nothing to detach from
+                    loop.call_soon_threadsafe(self.stop, reason)
 
     def _drain(self, writer: PcapngWriter) -> str:
         """Write what is queued; ``max_bytes`` when the file is full."""
