@@ -40,7 +40,6 @@ from typing import Any
 
 import crc32c
 
-from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.mongo import MongoDecoder, OpCode
 from meshproxy.codecs.mongo._compression import compress, decompress
 
@@ -63,7 +62,7 @@ class Redactor:
         self._held += data
         try:
             return self._take()
-        except (DecodeError, ValueError, IndexError, struct.error, KeyError) as exc:
+        except Exception as exc:  # anything it cannot take: fail closed, never pass a value through
             return self.fail(str(exc))
 
     def fail(self, why: str = "") -> bytes:
@@ -244,6 +243,8 @@ def redact_mongo_message(raw: bytes) -> bytes:
 
 
 class MongoRedactor(Redactor):
+    """Whole messages out as they complete; the incomplete one is held in the decoder."""
+
     def __init__(self) -> None:
         super().__init__()
         self._decoder = MongoDecoder(max_message_size=64 * 1024 * 1024, verify_checksum=False, validate_documents=False)
@@ -253,22 +254,25 @@ class MongoRedactor(Redactor):
             return bytes(len(data))
         before = self._decoder.buffered
         try:
-            messages = self._decoder.feed(data)
             out = []
-            for message in messages:
+            for message in self._decoder.feed(data):
                 raw = message.raw
                 if _INT32.unpack_from(raw, 12)[0] == OpCode.COMPRESSED:
                     out.append(_redact_compressed(raw))
                 else:
                     out.append(redact_mongo_message(raw))
             return b"".join(out)
-        except (DecodeError, ValueError, IndexError, struct.error) as exc:
-            self._held = bytearray(before + len(data))  # all of this read, and what was held: zeros
-            return self.fail(str(exc))
+        except Exception:  # anything it cannot take (bad framing, BSON, compression): fail closed
+            self.failed = True
+            return bytes(before + len(data))  # all of this read, and what was held: zeros
+
+    def fail(self, why: str = "") -> bytes:
+        held = 0 if self.failed else self._decoder.buffered
+        self.failed = True
+        return bytes(held)
 
     def finish(self) -> bytes:
-        held = self._decoder.buffered
-        return bytes(held) if held and not self.failed else b""
+        return self.fail()
 
 
 def _redact_compressed(raw: bytes) -> bytes:
