@@ -27,7 +27,8 @@ parse failure can cost structure, never leak a value.
   become zeros, their 5-byte length prefixes (compressed flag and length) are kept. **Headers are kept as
   they are**, metadata included (``authorization`` too): HPACK compresses each header block against a table
   the whole connection builds, so a header cannot be changed without re-encoding every block after it.
-- **Anything else** (plain TCP): zeros.
+- **Anything else** (plain TCP), and every connection the tap caught mid-way (open before it started: no
+  message boundary is known there, and a guess could let a value through): zeros.
 """
 
 from __future__ import annotations
@@ -293,6 +294,7 @@ _VALUE_FILL = {"S": ord("x"), "N": ord("0"), "B": ord("A"), "message": ord("x"),
 _SET_FILL = {"SS": ord("x"), "NS": ord("0"), "BS": ord("A")}
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"]+')
 MAX_HEAD = 64 * 1024
+_START_LINE = re.compile(rb"HTTP/1\.[01] \d{3}( |$)|[A-Z]+ \S+ HTTP/1\.[01]$")
 
 
 def redact_json(body: bytes) -> bytes:
@@ -343,6 +345,8 @@ class HttpRedactor(Redactor):
             lines = head.split(b"\r\n")
             length = 0
             start = lines[0]
+            if not _START_LINE.match(start):
+                raise ValueError("not an HTTP/1.1 request or status line")
             status_line = start.startswith(b"HTTP/")
             new_lines = [start]
             for line in lines[1:]:

@@ -304,7 +304,10 @@ class Tap:
         if kind == _OPEN:
             conv = conn.conversation = TcpConversation(conn.client_address, conn.server_address)
             if self.redact:
-                conn.redactors = (redactor_for(conn.kind, client=True), redactor_for(conn.kind, client=False))
+                # A connection caught mid-way has no known message boundary: a redactor that guessed one could
+                # let a value through, so all its bytes are written as zeros.
+                protocol = "unknown" if payload else conn.kind
+                conn.redactors = (redactor_for(protocol, client=True), redactor_for(protocol, client=False))
             frames = conv.resume(ts) if payload else conv.open(ts)
         else:
             if conn.conversation is None:

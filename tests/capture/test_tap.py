@@ -615,3 +615,33 @@ def test_the_writer_frames_ipv6_and_ipv4_mapped_peers_and_large_writes_as_whole_
     assert b"".join(e.data for e in data if e.conn.id == opened[0].id and e.direction.value == "c2s") == big
     assert [e.ts_ns for e in data if e.conn.id == opened[1].id] == [6]
     assert {(e.conn.id, e.how) for e in events if isinstance(e, Closed)} >= {(opened[1].id, "rst")}
+
+
+def test_with_redaction_a_connection_caught_mid_way_and_a_headless_http_stream_are_written_as_zeros() -> None:
+    import io
+
+    from meshproxy.capture import Data
+    from meshproxy.capture.tap import ConnectionTap, Tap, TapStats
+    from meshproxy.capture.writer import PcapngWriter
+    from meshproxy.stats import StatsStore
+
+    file = io.BytesIO()
+    tap = Tap(_Listener(), Path("unit.pcapng"), file, TapStats.create(StatsStore(), "unit"), redact=True)  # type: ignore[arg-type]
+    midway = ConnectionTap(tap, ("127.0.0.1", 50124), ("127.0.0.1", 27017), "mongo")
+    fresh = ConnectionTap(tap, ("127.0.0.1", 50125), ("127.0.0.1", 27017), "mongo")
+    writer = PcapngWriter()
+    tap._write(writer.header())
+    tap.enqueue(0, midway, True)
+    tap.enqueue(0, fresh, False)
+    message = encode_op_msg({"insert": "users", "documents": [{"name": "alice"}], "$db": "app"}, request_id=1).raw
+    midway.client(message)
+    fresh.client(message)
+    tap._drain(writer)
+    data = {e.conn.client[1]: e.data for e in _reassembled(file.getvalue()) if isinstance(e, Data)}
+    assert data[50124] == bytes(len(message))
+    assert len(data[50125]) == len(message)
+    assert b"alice" not in data[50125]
+    assert b"users" in data[50125]
+    body_first = HttpRedactor()
+    fragment = b'"S": "secret"}}}\r\n\r\nPOST / HTTP/1.1\r\n'
+    assert body_first.feed(fragment) == bytes(len(fragment))
