@@ -312,8 +312,19 @@ def _readable_file(value: Any) -> str:
 ReadableFile = Annotated[str, BeforeValidator(_readable_file)]
 
 
+class SniCertificateConfig(_Model):
+    """A certificate a listener presents to clients that ask for one of ``server_names`` (SNI)."""
+
+    server_names: Annotated[list[str], Field(min_length=1)]
+    """Exact names (``orders.example.com``) or ``*.`` wildcards (``*.example.com``); matched case-insensitively,
+    exact names first, then the longest wildcard."""
+    cert_file: ReadableFile
+    key_file: ReadableFile
+
+
 class TlsServerConfig(_Model):
-    """TLS termination on a listener: the proxy presents ``cert_file`` to its clients."""
+    """TLS termination on a listener: the proxy presents ``cert_file`` to its clients (or, by the name they ask
+    for, one of ``certificates``)."""
 
     cert_file: ReadableFile
     """PEM certificate chain (leaf first)."""
@@ -327,6 +338,9 @@ class TlsServerConfig(_Model):
     reload_interval: Duration = 1.0
     """How often the certificate, key and CA files are checked for changes; changed files are loaded for
     new connections (open ones keep theirs). ``0`` turns the check off."""
+    certificates: list[SniCertificateConfig] = []
+    """More certificates, chosen by the server name a client asks for (SNI); ``cert_file`` / ``key_file``
+    answer every other name, and clients that send none."""
 
 
 class TlsClientConfig(_Model):

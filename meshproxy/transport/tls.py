@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import certifi
 
+from meshproxy.codecs.tls_hello import match_server_name
 from meshproxy.config import ConfigError, MeshConfig, TlsClientConfig, TlsServerConfig
 from meshproxy.stats import Counter, StatsStore
 
@@ -98,17 +99,41 @@ class _AlertingSSLObject(ssl.SSLObject):
 
 
 def server_context(config: TlsServerConfig, *, protocol: str, where: str) -> ssl.SSLContext:
-    """The context a listener terminates TLS with; ``where`` names the config path for errors."""
+    """The context a listener terminates TLS with; ``where`` names the config path for errors.
+
+    With ``certificates``, each is loaded into a context of its own, and the listener's context picks one per
+    handshake from the client's server name (``sni_callback`` switching the connection's context, which
+    OpenSSL allows until it sends its certificate)."""
+    context = _terminating_context(config, config.cert_file, config.key_file, protocol=protocol, where=where)
+    if config.certificates:
+        by_name: dict[str, ssl.SSLContext] = {}
+        for index, entry in enumerate(config.certificates):
+            chosen = _terminating_context(
+                config, entry.cert_file, entry.key_file, protocol=protocol, where=f"{where}.certificates[{index}]"
+            )
+            for name in entry.server_names:
+                by_name.setdefault(name.lower().rstrip("."), chosen)
+
+        def pick(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            chosen = match_server_name(server_name.lower() if server_name else None, by_name)
+            if chosen is not None:
+                ssl_object.context = chosen
+
+        context.sni_callback = pick
+    return context
+
+
+def _terminating_context(
+    config: TlsServerConfig, cert_file: str, key_file: str, *, protocol: str, where: str
+) -> ssl.SSLContext:
     context = _ListenerContext(ssl.PROTOCOL_TLS_SERVER)
     context.handshakes = collections.deque()
     context.sslobject_class = _AlertingSSLObject
     context.minimum_version = _VERSIONS[config.min_version]
     try:
-        context.load_cert_chain(config.cert_file, config.key_file)
+        context.load_cert_chain(cert_file, key_file)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"{where}.cert_file/key_file: cannot load {config.cert_file} with {config.key_file}: {exc}"
-        ) from None
+        raise ConfigError(f"{where}.cert_file/key_file: cannot load {cert_file} with {key_file}: {exc}") from None
     if config.client_ca_file is not None:
         try:
             context.load_verify_locations(cafile=config.client_ca_file)
@@ -338,6 +363,8 @@ class ServerTls:
         files = [self.config.cert_file, self.config.key_file]
         if self.config.client_ca_file is not None:
             files.append(self.config.client_ca_file)
+        for entry in self.config.certificates:
+            files += [entry.cert_file, entry.key_file]
         return files
 
     def _signature(self) -> _Signature:

@@ -1,5 +1,7 @@
-"""An ``auto`` listener without ``tls`` recognises a TLS ClientHello and passes the connection through,
-still encrypted, to the cluster its server name (SNI) maps to in ``sni_clusters``: exact names, then
+"""Server names (SNI) at work.
+
+An ``auto`` listener without ``tls`` recognises a TLS ClientHello and passes the connection through, still
+encrypted, to the cluster its server name (SNI) maps to in ``sni_clusters``: exact names, then
 ``*.suffix`` wildcards, then the listener's default. Three real SecantusDB servers serving TLS, each with a
 certificate for its own name (trustme), and the standard library's TLS client sending a real ping that
 pymongo's encoder wrote: the certificate that comes back says which server answered."""
@@ -116,3 +118,53 @@ def test_an_unknown_cluster_in_sni_clusters_is_a_config_error_naming_the_field(t
         load_config(path)
     assert "mesh.yaml" in str(error.value)
     assert "listeners[0].sni_clusters.a.test: unknown cluster 'nope'" in str(error.value)
+
+
+def test_a_terminating_listener_presents_the_certificate_for_the_name_asked(tmp_path: Path) -> None:
+    """``tls.certificates`` on a terminating listener: the certificate is chosen by SNI (exact name, then the
+    longest wildcard); other names, and clients that send none, get ``cert_file``."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    files: dict[str, tuple[str, str]] = {}
+    certified = {"default": ["default.test"], "orders": ["orders.db.test"], "billing": ["*.billing.test"]}
+    for key, names in certified.items():
+        cert = ca.issue_cert(*names)
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{key}.crt"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{key}.key"))
+        files[key] = (str(tmp_path / f"{key}.crt"), str(tmp_path / f"{key}.key"))
+    from secantus import SecantusDBServer
+
+    with SecantusDBServer(port=0, storage_path=str(tmp_path / "db")) as backend:
+        config = config_from_dict(
+            {
+                "admin": None,
+                "listeners": [
+                    {
+                        "name": "edge", "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "db",
+                        "tls": {
+                            "cert_file": files["default"][0], "key_file": files["default"][1],
+                            "certificates": [
+                                {"server_names": ["orders.db.test"], "cert_file": files["orders"][0],
+                                 "key_file": files["orders"][1]},
+                                {"server_names": ["*.billing.test"], "cert_file": files["billing"][0],
+                                 "key_file": files["billing"][1]},
+                            ],
+                        },
+                    }
+                ],
+                "clusters": [{"name": "db", "hosts": [f"{backend.address[0]}:{backend.address[1]}"]}],
+            }
+        )  # fmt: skip
+        with ProxyThread(config) as proxy:
+            edge = proxy.listener_address("edge")
+            for server_name, expected in (
+                ("orders.db.test", "orders.db.test"),
+                ("eu.billing.test", "*.billing.test"),
+                ("elsewhere.test", "default.test"),
+                (None, "default.test"),
+            ):
+                names, reply = ping_through(edge, str(ca_file), server_name)
+                assert names == [expected], server_name
+                assert b"\x01ok\x00" in reply  # terminated, decoded and answered by the server behind
+            assert proxy.stats.values()["mongo.edge.cmd.ping.total"] == 4
