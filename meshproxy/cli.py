@@ -167,6 +167,10 @@ def _build_parser() -> argparse.ArgumentParser:
     decode.add_argument("file", metavar="FILE", help="a pcap or pcapng file (tcpdump, tshark, dumpcap)")
     decode.add_argument("--json", action="store_true", help="one JSON object per operation (or the summary)")
     decode.add_argument("--summary", action="store_true", help="per-operation totals instead of one line each")
+    decode.add_argument(
+        "--server-port", type=int, action="append", default=[], metavar="PORT",
+        help="a server's port, to tell client from server in connections the capture caught mid-way (repeatable)",
+    )  # fmt: skip
 
     replay = commands.add_parser(
         "replay", help="replay a capture's operations against a target and report what answered differently",
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "decode":
         from meshproxy.replay.decode import run_decode
 
-        return run_decode(args.file, as_json=args.json, summary=args.summary)
+        return run_decode(args.file, as_json=args.json, summary=args.summary, server_ports=args.server_port)
     if args.command == "replay":
         from meshproxy.replay.command import run_replay
         from meshproxy.replay.replayer import ReplayOptions

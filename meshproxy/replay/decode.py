@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,19 +37,23 @@ class DecodedCapture:
 
 
 def iter_operations(
-    path: str | Path, report: CaptureReport, decoder: CaptureDecoder, gaps: list[Gap]
+    path: str | Path, report: CaptureReport, decoder: CaptureDecoder, gaps: list[Gap], server_ports: Iterable[int] = ()
 ) -> Iterator[CapturedOperation]:
-    """Operations of the capture at ``path`` as they complete (for large files: nothing is kept)."""
-    for event in reassemble(read_packets(path, report)):
+    """Operations of the capture at ``path`` as they complete (for large files: nothing is kept).
+
+    ``server_ports`` tells client from server in connections whose handshake the capture did not see (it
+    began mid-way): otherwise the side that spoke first is taken for the client, which is wrong for a
+    connection caught while its server was streaming (a monitor's awaitable ``hello``)."""
+    for event in reassemble(read_packets(path, report), server_ports=server_ports):
         if isinstance(event, Gap):
             gaps.append(event)
         yield from decoder.feed(event)
     yield from decoder.finish()
 
 
-def decode_file(path: str | Path) -> DecodedCapture:
+def decode_file(path: str | Path, server_ports: Iterable[int] = ()) -> DecodedCapture:
     report, decoder, gaps = CaptureReport(), CaptureDecoder(), list[Gap]()
-    operations = list(iter_operations(path, report, decoder, gaps))
+    operations = list(iter_operations(path, report, decoder, gaps, server_ports))
     return DecodedCapture(operations, report, decoder.notes, decoder.protocols, sum(g.length for g in gaps), gaps)
 
 
@@ -96,20 +100,28 @@ def summary_rows(operations: list[CapturedOperation]) -> list[dict[str, object]]
 
 
 def run_decode(
-    path: str, *, as_json: bool, summary: bool, out: TextIO | None = None, err: TextIO | None = None
+    path: str,
+    *,
+    as_json: bool,
+    summary: bool,
+    server_ports: Iterable[int] = (),
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """The ``decode`` command: exit status 0 when ``path`` was read as a capture (damaged or not), else 1."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        return _decode_to(path, as_json=as_json, summary=summary, out=out, err=err)
+        return _decode_to(path, as_json=as_json, summary=summary, server_ports=server_ports, out=out, err=err)
     except BrokenPipeError:  # ``meshproxy decode big.pcap | head``: the reader is gone, and that is fine
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
 
 
-def _decode_to(path: str, *, as_json: bool, summary: bool, out: TextIO, err: TextIO) -> int:
+def _decode_to(
+    path: str, *, as_json: bool, summary: bool, server_ports: Iterable[int], out: TextIO, err: TextIO
+) -> int:
     try:
         with open(path, "rb"):
             pass
@@ -118,7 +130,7 @@ def _decode_to(path: str, *, as_json: bool, summary: bool, out: TextIO, err: Tex
         return 1
     report, decoder, gaps = CaptureReport(), CaptureDecoder(), list[Gap]()
     operations: list[CapturedOperation] = []
-    for op in iter_operations(path, report, decoder, gaps):
+    for op in iter_operations(path, report, decoder, gaps, server_ports):
         if summary:
             operations.append(op)
         elif as_json:

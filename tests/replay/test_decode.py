@@ -31,10 +31,12 @@ def capture(workload: str, fmt: str) -> Path:
     return FIXTURES / f"{workload}.{fmt}"
 
 
-def decode_packets(packets: list[Packet]) -> tuple[list[CapturedOperation], CaptureDecoder]:
+def decode_packets(
+    packets: list[Packet], server_ports: tuple[int, ...] = ()
+) -> tuple[list[CapturedOperation], CaptureDecoder]:
     decoder = CaptureDecoder()
     operations: list[CapturedOperation] = []
-    for event in reassemble(packets):
+    for event in reassemble(packets, server_ports=server_ports):
         operations += decoder.feed(event)
     operations += decoder.finish()
     return operations, decoder
@@ -165,3 +167,26 @@ def test_the_summary_totals_per_operation(capsys: pytest.CaptureFixture[str]) ->
     assert rows["PutItem"]["count"] == MANIFEST["dynamo"]["operations"].count("PutItem")
     assert rows["PutItem"]["errors"] == 0
     assert rows["PutItem"]["p50_ms"] is not None
+
+
+def test_a_capture_that_starts_mid_stream_resynchronises_on_the_next_mongo_message() -> None:
+    """The capture began while the connections were already busy: the first packets (the handshakes and
+    the first inserts) are missing. Each connection is taken mid-way, searched for a message boundary, and
+    decoded from there; what came after decodes as pymongo sent it. The server's port tells the sides apart
+    (``--server-port``): without the handshake, the side that spoke first would be taken for the client, and
+    the monitor's connection was caught while its server was streaming."""
+    packets = list(read_packets(capture("mongo", "lo.pcap")))
+    port = MANIFEST["mongo"]["server_port"]
+    data_packets = [
+        i for i, p in enumerate(packets)
+        if isinstance(s := decode_tcp(p), TcpSegment) and s.payload and s.dport == port
+    ]  # fmt: skip
+    start = data_packets[6] + 1  # from after the sixth client message (handshakes and inserts gone)
+    operations, decoder = decode_packets(packets[start:], server_ports=(port,))
+    commands = [op.operation for op in operations if op.operation not in HANDSHAKES]
+    assert commands
+    tail = MANIFEST["mongo"]["commands"][-len(commands) :]
+    assert commands == tail  # a suffix of what pymongo sent, in order
+    assert "find" in commands
+    assert all(op.status == "ok" for op in operations if op.operation in ("find", "getMore"))
+    assert any("re-synchronised" in note.what for note in decoder.notes)
