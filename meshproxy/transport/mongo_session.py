@@ -54,13 +54,15 @@ class MongoLeg(asyncio.Protocol):
     """One upstream connection of a session, to one host, with its own reply decoder and pending requests."""
 
     __slots__ = (
-        "decoder", "host", "lost", "pending", "queue", "queued_bytes", "session", "stream_key", "stream_origin",
-        "task", "transport",
+        "decoder", "host", "lost", "name", "pending", "queue", "queued_bytes", "session", "stream_key",
+        "stream_origin", "task", "transport",
     )  # fmt: skip
 
     def __init__(self, session: MongoSession, host: Host) -> None:
         self.session = session
         self.host = host
+        self.name = host.name
+        """``ip:port``, made once: every operation sent on the leg is labelled with it."""
         self.transport: asyncio.Transport | None = None
         # Replies come from the upstream this proxy chose: their framing is checked, and filters validate
         # the parts of a reply they read (a reply summary decodes it), so the top-level walk is skipped.
@@ -216,7 +218,7 @@ class MongoSession(Relay):
             self.pinned = True
         cluster = self.cluster
         if not self.balance or self.pinned or self.passthrough or len(cluster.hosts) == 1:
-            return self._home_leg()
+            return self.home or self._home_leg()
         route = self.router.route(op, cluster)
         op.routing = route
         stats = self.mongo_stats
@@ -491,8 +493,13 @@ class MongoSession(Relay):
         if op.expects_reply:
             leg.pending[op.request.header.request_id] = op
             self.requests_started(leg.host)
-        op.upstream = leg.host.name
-        leg.send(op, data)
+        op.upstream = leg.name
+        transport = leg.transport
+        if transport is not None:  # the common case, inlined: this runs for every operation
+            self.cluster_stats_tx.value += len(data)
+            transport.write(data)
+        else:
+            leg.send(op, data)
 
     def _answer_locally(self, op: MongoOperation, action: LocalReply, index: int) -> None:
         op.response = action.reply
