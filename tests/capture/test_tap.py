@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
+from support.commands import CommandNames as Commands
 from support.moto import moto_server
 from support.wait import wait_for
 
@@ -96,18 +97,7 @@ def secantus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, in
         yield (str(server.address[0]), int(server.address[1]))
 
 
-class Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
 
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def mongo_proxy(upstream: tuple[str, int], directory: Path, prefix: str = "tapm") -> ProxyThread:
