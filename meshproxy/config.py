@@ -392,6 +392,11 @@ class _ListenerBase(_Model):
     idle_timeout: Duration = 3600.0
     """Close a connection with no traffic either way for this long; 0 disables."""
     reuse_port: bool = False
+    sni_clusters: dict[str, str] | None = None
+    """The cluster a TLS connection goes to by the server name (SNI) its client asked for (``db.example.com``,
+    ``*.example.com``, ``*`` for any name or none): on a listener with ``tls``, after termination; on an
+    ``auto`` listener without it, passed through still encrypted. Unmatched names go to the listener's
+    cluster for that protocol."""
 
     @property
     def prefix(self) -> str:
@@ -425,10 +430,6 @@ class ListenerConfig(_ListenerBase):
     protocol_clusters: dict[Literal["mongo", "dynamo", "grpc", "tcp"], str] | None = None
     """``auto`` listeners: the cluster each sniffed protocol goes to (others go to ``cluster``), so one port
     can front a MongoDB server, a DynamoDB endpoint and a gRPC service at once."""
-    sni_clusters: dict[str, str] | None = None
-    """``auto`` listeners without ``tls``: a TLS connection is passed through, still encrypted, to the cluster
-    its ClientHello's server name (SNI) maps to here (``db.example.com``, ``*.example.com``, ``*`` for any
-    name or none); unmatched names go to ``protocol_clusters.tcp`` or ``cluster``."""
     balance: Literal["operation", "connection"] = "operation"
     """``operation``: each command is sent to a host the cluster picks (cursors, transactions and
     authenticated connections keep their host; docs/clusters.md#mongodb); ``connection``: a client

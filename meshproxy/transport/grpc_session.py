@@ -52,10 +52,11 @@ from meshproxy.codecs.grpc import (
 )
 from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, end_stream_frame, goaway_frame
 from meshproxy.filters.grpc.api import Delay, GrpcAbort, GrpcCall, GrpcFilter
+from meshproxy.transport.h2_upstream import H2UpstreamPool
 from meshproxy.transport.relay import Relay
 
 if TYPE_CHECKING:
-    from meshproxy.cluster import Host
+    from meshproxy.cluster import Cluster, Host
     from meshproxy.config import GrpcListenerConfig
     from meshproxy.stats import Counter
     from meshproxy.transport.h2_upstream import H2UpstreamConnection, Headers
@@ -518,6 +519,15 @@ class GrpcSession(Relay):
     kind = "grpc"
 
     dial_at_accept = False
+
+    def use_cluster(self, cluster: Cluster) -> None:
+        """Calls of this connection go to ``cluster``'s pool (chosen by the TLS server name): each cluster has
+        one pool, shared by every listener and connection that sends to it."""
+        super().use_cluster(cluster)
+        if cluster.h2_pool is None:
+            cluster.h2_pool = H2UpstreamPool(cluster)
+        self.pool = cluster.h2_pool
+        self.flusher = self.pool.flusher
 
     def __init__(self, listener: ListenerRuntime, connection_id: int) -> None:
         super().__init__(listener, connection_id)

@@ -367,6 +367,9 @@ class ListenerRuntime:
             h.close()
         if self.grpc_pool is not None:
             self.grpc_pool.close()
+        for cluster in self.sni_clusters.values():  # pools that connections routed by server name made
+            if cluster.h2_pool is not None and cluster.h2_pool is not self.grpc_pool:
+                cluster.h2_pool.close()
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -27,8 +27,9 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from meshproxy.cluster.outlier import Outcome
+from meshproxy.codecs.tls_hello import match_server_name
 from meshproxy.filters.mongo.api import ConnectionInfo
-from meshproxy.transport.tls import count_upstream_failure, tls_connected
+from meshproxy.transport.tls import count_upstream_failure, requested_server_name, tls_connected
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,6 +156,10 @@ class Relay(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.down_transport = cast(asyncio.Transport, transport)
+        if self.listener.sni_clusters:
+            chosen = match_server_name(requested_server_name(transport), self.listener.sni_clusters)
+            if chosen is not None and chosen is not self.cluster:
+                self.use_cluster(chosen)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -173,6 +178,12 @@ class Relay(asyncio.Protocol):
             self.dial()
         if self.listener.idle_timeout > 0:
             self._idle_handle = self.loop.call_later(self.listener.idle_timeout, self._idle_check)
+
+    def use_cluster(self, cluster: Cluster) -> None:
+        """Forward to ``cluster`` instead of the listener's (chosen by the connection's TLS server name)."""
+        self.cluster = cluster
+        self.cluster_stats_rx = cluster.stats.upstream_cx_rx_bytes_total
+        self.cluster_stats_tx = cluster.stats.upstream_cx_tx_bytes_total
 
     dial_at_accept = True
     """Dial the upstream as soon as a client connects (byte relays, Mongo). HTTP sessions dial when a request

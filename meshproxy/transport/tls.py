@@ -105,22 +105,31 @@ def server_context(config: TlsServerConfig, *, protocol: str, where: str) -> ssl
     handshake from the client's server name (``sni_callback`` switching the connection's context, which
     OpenSSL allows until it sends its certificate)."""
     context = _terminating_context(config, config.cert_file, config.key_file, protocol=protocol, where=where)
-    if config.certificates:
-        by_name: dict[str, ssl.SSLContext] = {}
-        for index, entry in enumerate(config.certificates):
-            chosen = _terminating_context(
-                config, entry.cert_file, entry.key_file, protocol=protocol, where=f"{where}.certificates[{index}]"
-            )
-            for name in entry.server_names:
-                by_name.setdefault(name.lower().rstrip("."), chosen)
+    by_name: dict[str, ssl.SSLContext] = {}
+    for index, entry in enumerate(config.certificates):
+        chosen = _terminating_context(
+            config, entry.cert_file, entry.key_file, protocol=protocol, where=f"{where}.certificates[{index}]"
+        )
+        for name in entry.server_names:
+            by_name.setdefault(name.lower().rstrip("."), chosen)
 
-        def pick(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-            chosen = match_server_name(server_name.lower() if server_name else None, by_name)
-            if chosen is not None:
-                ssl_object.context = chosen
+    def server_name_seen(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        # Kept on the connection: a server-side SSLObject does not say which name its client asked for, and
+        # sessions route by it (``sni_clusters``).
+        name = server_name.lower().rstrip(".") if server_name else None
+        ssl_object.sni = name  # type: ignore[attr-defined]
+        chosen = match_server_name(name, by_name) if by_name else None
+        if chosen is not None:
+            ssl_object.context = chosen
 
-        context.sni_callback = pick
+    context.sni_callback = server_name_seen
     return context
+
+
+def requested_server_name(transport: asyncio.BaseTransport) -> str | None:
+    """The server name (SNI) the client of a TLS-terminated connection asked for, if any."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return getattr(ssl_object, "sni", None) if ssl_object is not None else None
 
 
 def _terminating_context(

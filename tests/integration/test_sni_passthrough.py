@@ -168,3 +168,86 @@ def test_a_terminating_listener_presents_the_certificate_for_the_name_asked(tmp_
                 assert names == [expected], server_name
                 assert b"\x01ok\x00" in reply  # terminated, decoded and answered by the server behind
             assert proxy.stats.values()["mongo.edge.cmd.ping.total"] == 4
+
+
+def test_a_terminating_listener_routes_each_connection_by_the_name_asked(tmp_path: Path) -> None:
+    """``sni_clusters`` on a listener with ``tls``: after the handshake, the connection's operations go to the
+    cluster its server name maps to (here two SecantusDB servers behind one Mongo listener)."""
+    from secantus import SecantusDBServer
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert = ca.issue_cert("*.db.test", "db.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "edge.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "edge.key"))
+    with (
+        SecantusDBServer(port=0, storage_path=str(tmp_path / "orders")) as orders,
+        SecantusDBServer(port=0, storage_path=str(tmp_path / "other")) as other,
+    ):
+        config = config_from_dict(
+            {
+                "admin": None,
+                "listeners": [
+                    {
+                        "name": "edge", "address": "127.0.0.1:0", "protocol": "mongo", "cluster": "other",
+                        "tls": {"cert_file": str(tmp_path / "edge.crt"), "key_file": str(tmp_path / "edge.key")},
+                        "sni_clusters": {"orders.db.test": "orders"},
+                    }
+                ],
+                "clusters": [
+                    {"name": "orders", "hosts": [f"{orders.address[0]}:{orders.address[1]}"]},
+                    {"name": "other", "hosts": [f"{other.address[0]}:{other.address[1]}"]},
+                ],
+            }
+        )  # fmt: skip
+        with ProxyThread(config) as proxy:
+            edge = proxy.listener_address("edge")
+            for server_name in ("orders.db.test", "orders.db.test", "billing.db.test", None):
+                _, reply = ping_through(edge, str(ca_file), server_name)
+                assert b"\x01ok\x00" in reply
+            values = proxy.stats.values()
+            assert values["cluster.orders.upstream_rq_total"] == 2
+            assert values["cluster.other.upstream_rq_total"] == 2
+
+
+def test_grpc_calls_are_routed_by_the_name_the_channel_asked(tmp_path: Path) -> None:
+    """The same on a gRPC listener: a grpcio channel whose TLS server name is ``orders.grpc.test`` reaches the
+    orders server's pool, any other name the listener's cluster."""
+    import grpc
+
+    from testbeds.grpc.service import SERVICE, EchoServer
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("*.grpc.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "edge.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "edge.key"))
+    with EchoServer() as orders, EchoServer() as other:
+        config = config_from_dict(
+            {
+                "admin": None,
+                "listeners": [
+                    {
+                        "name": "edge", "address": "127.0.0.1:0", "protocol": "grpc", "cluster": "other",
+                        "tls": {"cert_file": str(tmp_path / "edge.crt"), "key_file": str(tmp_path / "edge.key")},
+                        "sni_clusters": {"orders.grpc.test": "orders"},
+                    }
+                ],
+                "clusters": [
+                    {"name": "orders", "hosts": [f"127.0.0.1:{orders.port}"]},
+                    {"name": "other", "hosts": [f"127.0.0.1:{other.port}"]},
+                ],
+            }
+        )  # fmt: skip
+        with ProxyThread(config) as proxy:
+            host, port = proxy.listener_address("edge")
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+            for name, calls in (("orders.grpc.test", 3), ("billing.grpc.test", 2)):
+                options = [("grpc.ssl_target_name_override", name)]
+                with grpc.secure_channel(f"{host}:{port}", credentials, options=options) as channel:
+                    unary = channel.unary_unary(f"/{SERVICE}/Unary")
+                    for _ in range(calls):
+                        assert unary(b"hello", timeout=5) == b"echo:hello"
+            values = proxy.stats.values()
+            assert values["cluster.orders.upstream_rq_total"] == 3
+            assert values["cluster.other.upstream_rq_total"] == 2
