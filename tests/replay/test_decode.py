@@ -190,3 +190,18 @@ def test_a_capture_that_starts_mid_stream_resynchronises_on_the_next_mongo_messa
     assert "find" in commands
     assert all(op.status == "ok" for op in operations if op.operation in ("find", "getMore"))
     assert any("re-synchronised" in note.what for note in decoder.notes)
+
+
+def test_compressed_mongo_traffic_decodes_to_what_pymongo_sent() -> None:
+    """pymongo with ``compressors=zlib``: every command after the handshake travels as OP_COMPRESSED."""
+    replay_fixtures = FIXTURES.parent / "replay"
+    manifest = json.loads((replay_fixtures / "manifest.json").read_text())["mongo-cursors"]
+    decoded = decode_file(replay_fixtures / "mongo-cursors.pcap")
+    commands = [op.operation for op in decoded.operations if op.operation not in HANDSHAKES]
+    assert Counter(commands) == Counter(manifest["commands"])
+    compressed = [op for op in decoded.operations if type(op.request).__name__ == "OpCompressed"]
+    assert len(compressed) >= len(manifest["commands"]) - 1  # all but what came before the negotiation
+    reads = [op for op in decoded.operations if op.operation in ("find", "getMore", "aggregate")]
+    # Both finds, the group-by aggregate and count_documents' aggregate (one document), over all their batches.
+    expected = manifest["found"] + manifest["found_by_hint"] + manifest["groups"] + 1
+    assert sum(op.documents or 0 for op in reads) == expected
