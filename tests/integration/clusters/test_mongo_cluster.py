@@ -132,7 +132,7 @@ def test_one_pooled_connection_spreads_its_operations_over_all_three_hosts(backe
 
 
 def test_cursors_over_many_get_mores_stay_on_the_host_that_opened_them(backends: Backends) -> None:
-    """Three cursors interleaved, 7 documents a batch: 43 getMores each. A getMore anywhere else than the
+    """Three cursors interleaved, 7 documents a batch: 42 getMores each. A getMore anywhere else than the
     cursor's own server would fail with CursorNotFound."""
     with proxy_for(backends) as proxy, client_of(proxy, maxPoolSize=2) as client:
         cursors = [client.shop.items.find({}, batch_size=7).sort("_id", 1) for _ in range(3)]
