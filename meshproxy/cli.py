@@ -246,6 +246,19 @@ def _add_common_sidecar_arguments(
         help="on SIGTERM/SIGINT, how long in-flight operations may finish (default 10s)",
     )
     command.add_argument("--no-filters", action="store_true", help="decode and forward only: no L7 filters at all")
+    tls = command.add_argument_group("TLS (docs/tls.md)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="terminate TLS for clients with this certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="... and this private key (with --tls-cert)")
+    tls.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by these CAs (mTLS)")
+    tls.add_argument(
+        "--upstream-tls", action="store_true",
+        help="connect to the upstream over TLS, verifying it by the system CAs and certifi (implied by the "
+        "--upstream-ca/-sni/-cert options)",
+    )  # fmt: skip
+    tls.add_argument("--upstream-ca", metavar="FILE", help="verify the upstream by these CAs instead")
+    tls.add_argument("--upstream-sni", metavar="NAME", help="the name to send and verify (default: the host part)")
+    tls.add_argument("--upstream-cert", metavar="FILE", help="present this client certificate upstream (mTLS)")
+    tls.add_argument("--upstream-key", metavar="FILE", help="... with this key (with --upstream-cert)")
 
 
 def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
@@ -278,6 +291,18 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
         if args.max_message_size is not None:
             options["max_message_size"] = args.max_message_size
         filters = [StatsFilterConfig(), *access_log, TopologyRewriteFilterConfig(mode=args.topology)]
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together (the certificate and its private key)")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked under TLS)")
+    if args.tls_cert is not None:
+        options["tls"] = {"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca}
+    upstream_tls: dict[str, Any] | None = None
+    if args.upstream_tls or any((args.upstream_ca, args.upstream_sni, args.upstream_cert, args.upstream_key)):
+        upstream_tls = {
+            "ca_file": args.upstream_ca, "sni": args.upstream_sni,
+            "cert_file": args.upstream_cert, "key_file": args.upstream_key,
+        }  # fmt: skip
     config = sidecar_config(
         args.protocol,
         listen=args.listen,
@@ -286,6 +311,7 @@ def _sidecar_config(args: argparse.Namespace) -> MeshConfig:
         stat_prefix=args.stat_prefix,
         filters=[] if args.no_filters else filters,
         lb_policy=args.lb,
+        upstream_tls=upstream_tls,
         **options,
     )
     if args.drain_timeout is not None:

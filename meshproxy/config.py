@@ -1103,6 +1103,7 @@ def sidecar_config(
     stat_prefix: str | None = None,
     filters: list[Any] | None = None,
     lb_policy: str | None = None,
+    upstream_tls: dict[str, Any] | None = None,
     **listener_options: Any,
 ) -> MeshConfig:
     """What ``meshproxy sidecar <protocol>`` runs: one listener in front of one cluster named ``upstream``.
@@ -1126,6 +1127,8 @@ def sidecar_config(
     cluster: dict[str, Any] = {"name": "upstream", "hosts": hosts}
     if lb_policy is not None:
         cluster["lb_policy"] = lb_policy
+    if upstream_tls is not None:
+        cluster["tls"] = upstream_tls
     if len(hosts) > 1:
         # In front of several hosts the sidecar is a traffic manager: the protocol's own health check and
         # outlier detection are on, with Envoy's defaults (with one host there is nowhere else to go).

@@ -66,7 +66,15 @@ SIDECAR_GRPC_FLAGS = [
     "--listen", "--upstream", "--admin", "--stat-prefix", "--access-log", "--idle-timeout", "--drain-timeout",
     "--no-filters", "--max-concurrent-streams", "--lb",
 ]  # fmt: skip
-SIDECAR_FLAGS = {"mongo": SIDECAR_MONGO_FLAGS, "dynamo": SIDECAR_DYNAMO_FLAGS, "grpc": SIDECAR_GRPC_FLAGS}
+TLS_FLAGS = [
+    "--tls-cert", "--tls-key", "--tls-client-ca", "--upstream-tls", "--upstream-ca", "--upstream-sni",
+    "--upstream-cert", "--upstream-key",
+]  # fmt: skip
+SIDECAR_FLAGS = {
+    "mongo": SIDECAR_MONGO_FLAGS + TLS_FLAGS,
+    "dynamo": SIDECAR_DYNAMO_FLAGS + TLS_FLAGS,
+    "grpc": SIDECAR_GRPC_FLAGS + TLS_FLAGS,
+}
 
 
 @pytest.mark.parametrize(
@@ -434,3 +442,38 @@ def test_grpc_sidecar_process_proxies_grpcio_counts_per_method_and_exits_0_on_si
     assert code == 0
     entries = [json.loads(line) for line in access_log.read_text().splitlines()]
     assert [(e["method"], e["grpc_status"], e["request_messages"]) for e in entries] == [("Unary", 0, 1)] * 3
+
+
+def test_sidecar_tls_flags_build_both_sides_and_refuse_half_a_pair(tmp_path: Path) -> None:
+    """``--tls-cert/--tls-key`` terminate TLS on the listener; any ``--upstream-*`` TLS flag (or
+    ``--upstream-tls`` alone) originates it towards the cluster. The files are checked like a config file's."""
+    import trustme
+
+    from meshproxy.cli import _build_parser, _sidecar_config
+    from meshproxy.config import ConfigError
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {name: str(tmp_path / name) for name in ("ca.pem", "cert.pem", "key.pem")}
+    ca.cert_pem.write_to_path(files["ca.pem"])
+    cert.cert_chain_pems[0].write_to_path(files["cert.pem"])
+    cert.private_key_pem.write_to_path(files["key.pem"])
+    base = ["sidecar", "mongo", "--listen", "127.0.0.1:0", "--upstream", "db.internal:27017", "--admin", "off"]
+    args = _build_parser().parse_args(
+        [*base, "--tls-cert", files["cert.pem"], "--tls-key", files["key.pem"], "--upstream-ca", files["ca.pem"],
+         "--upstream-sni", "db.internal"]
+    )  # fmt: skip
+    config = _sidecar_config(args)
+    listener_tls, cluster_tls = config.listeners[0].tls, config.clusters[0].tls
+    assert listener_tls is not None
+    assert listener_tls.cert_file == files["cert.pem"]
+    assert cluster_tls is not None
+    assert (cluster_tls.ca_file, cluster_tls.sni, cluster_tls.verify) == (
+        files["ca.pem"], "db.internal", True,
+    )
+    system_cas = _sidecar_config(_build_parser().parse_args([*base, "--upstream-tls"])).clusters[0].tls
+    assert system_cas is not None
+    assert system_cas.ca_file is None
+    assert _sidecar_config(_build_parser().parse_args(base)).clusters[0].tls is None
+    with pytest.raises(ConfigError, match="--tls-cert and --tls-key go together"):
+        _sidecar_config(_build_parser().parse_args([*base, "--tls-cert", files["cert.pem"]]))
