@@ -31,7 +31,7 @@ HOSTS = [("127.0.0.1", 7001), ("127.0.0.1", 7002), ("127.0.0.1", 7003)]
 async def test_a_retry_pick_avoids_the_host_that_failed_while_another_is_healthy(policy: str) -> None:
     cluster = Cluster.from_config(ClusterConfig(name="c", hosts=HOSTS, lb_policy=policy), StatsStore())
     pool = H2UpstreamPool(cluster)
-    assert pool.hashing == (policy in ("ring_hash", "maglev"))
+    assert pool.cluster.hashes_keys == (policy in ("ring_hash", "maglev"))
     for index in range(50):
         key = b"/svc/Method%d" % index
         failed = pool.pick(key)

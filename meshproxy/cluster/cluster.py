@@ -208,6 +208,9 @@ class Cluster:
     """Outlier detection, when the cluster's config has ``outlier_detection``; sessions ``report`` to it."""
     health: HealthChecker | None = field(default=None, repr=False)
     """Active health checking, once ``health_checker`` made one: ``set_hosts`` tells it who joined or left."""
+    tls_stats: Any = field(default=None, repr=False)
+    """``cluster.<name>.ssl.*`` (``meshproxy.transport.tls.UpstreamTlsStats``), registered at the first TLS
+    handshake or failure towards a host and kept here, since every TLS connection counts in them."""
     h2_pool: Any = field(default=None, repr=False)
     """The cluster's HTTP/2 connection pool (``meshproxy.transport.h2_upstream.H2UpstreamPool``), made by the
     first gRPC listener that forwards to the cluster and shared by every other one."""
@@ -241,6 +244,11 @@ class Cluster:
         )
         cluster._update_membership_gauges()
         return cluster
+
+    @property
+    def hashes_keys(self) -> bool:
+        """Whether ``pick`` uses its key: sessions build one (a collection, a partition key, a header) only then."""
+        return self.balancer is not None and self.balancer.uses_key
 
     def server_hostname(self, host: Host) -> str | None:
         """The name TLS sends and verifies for ``host`` (``tls.sni``, else the host part of its address)."""

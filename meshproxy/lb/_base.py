@@ -34,6 +34,9 @@ def routable_hosts(hosts: Sequence[H], panic_threshold: float) -> tuple[list[H],
 class Balancer(ABC, Generic[H]):
     """A load-balancing policy over a host set: ``update`` on change, ``pick`` per request."""
 
+    uses_key = False
+    """Whether ``pick`` looks at its key (ring hash, maglev): callers build a key only when it does."""
+
     def __init__(self, hosts: Sequence[H] = (), *, panic_threshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
             raise ValueError(f"panic_threshold must be within [0, 1], got {panic_threshold}")

@@ -22,6 +22,8 @@ class MaglevBalancer(Balancer[H]):
     ``table_size`` must be prime (so every skip visits every slot) and much larger than the host count.
     """
 
+    uses_key = True
+
     def __init__(
         self,
         hosts: Sequence[H] = (),

@@ -30,6 +30,8 @@ class RingHashBalancer(Balancer[H]):
     choice per protocol; the balancer only hashes them.
     """
 
+    uses_key = True
+
     def __init__(
         self,
         hosts: Sequence[H] = (),

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from meshproxy.capture import CaptureReport, Gap, read_packets, reassemble
 from meshproxy.replay.operations import CaptureDecoder, CapturedOperation, StreamNote
+from meshproxy.replay.report import quantile
 
 OK_STATUSES = frozenset({"ok", "OK", "200"})
 
@@ -70,9 +71,8 @@ def format_line(op: CapturedOperation) -> str:
     )
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def summary_rows(operations: list[CapturedOperation]) -> list[dict[str, object]]:
@@ -92,8 +92,8 @@ def summary_rows(operations: list[CapturedOperation]) -> list[dict[str, object]]
                 "unanswered": sum(1 for op in ops if op.status is None and op.latency_ms is None),
                 "request_bytes": sum(op.request_bytes for op in ops),
                 "response_bytes": sum(op.response_bytes for op in ops),
-                "p50_ms": round(_quantile(latencies, 0.5), 3) if latencies else None,
-                "p99_ms": round(_quantile(latencies, 0.99), 3) if latencies else None,
+                "p50_ms": _rounded(quantile(latencies, 0.5)),
+                "p99_ms": _rounded(quantile(latencies, 0.99)),
             }
         )
     return rows

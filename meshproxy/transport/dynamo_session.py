@@ -66,7 +66,6 @@ from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http1 import Http1RequestDecoder, Http1ResponseDecoder, HttpRequest, HttpResponse, encode
 from meshproxy.filters.dynamo.api import Delay, DynamoFilter, DynamoOperation, LocalResponse
 from meshproxy.filters.dynamo.sigv4 import DynamoRequestSigner, authority, signer_for
-from meshproxy.lb import MaglevBalancer, RingHashBalancer
 from meshproxy.transport.http1_upstream import Http1Upstream
 from meshproxy.transport.relay import Relay
 
@@ -150,7 +149,6 @@ class DynamoSession(Relay):
         self._current: Http1Upstream | None = None
         """The connection of the request upstream now (or of the last one); ``up_transport`` is its transport,
         so ``Relay``'s backpressure and half-close reach it."""
-        self._hashing = isinstance(self.cluster.balancer, (RingHashBalancer, MaglevBalancer))
         """Only these balancers read a key: the others are not charged for building one."""
         self._membership_seen = self.cluster.stats.membership_change.value
         """The cluster's host list as last seen: when it changes, idle connections to hosts that left close."""
@@ -292,7 +290,7 @@ class DynamoSession(Relay):
             return
         if cluster.stats.membership_change.value != self._membership_seen:
             self._close_removed()
-        host = cluster.pick(_hash_key(op.request, self.config.partition_keys) if self._hashing else None)
+        host = cluster.pick(_hash_key(op.request, self.config.partition_keys) if cluster.hashes_keys else None)
         conn = self._conn_to(host)
         if conn is None:
             self._proxy_error(op, request, 503, "upstream overflow (circuit breaker)")
@@ -552,7 +550,7 @@ class DynamoSession(Relay):
         choice (with the request's key) if that differs, else any healthy one (a key's host being down,
         the request goes elsewhere, as ring hash would send it once health checking marks the host)."""
         cluster = self.cluster
-        key = _hash_key(in_flight.op.request, self.config.partition_keys) if self._hashing else None
+        key = _hash_key(in_flight.op.request, self.config.partition_keys) if cluster.hashes_keys else None
         for _ in range(len(cluster.hosts)):
             host = cluster.pick(key)
             if host is not failed and host.healthy:

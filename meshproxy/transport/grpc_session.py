@@ -819,7 +819,7 @@ class GrpcSession(Relay):
         cluster.stats.upstream_rq_active.value += 1
         request_headers = proxied.call.request_headers
         headers = [(n, v) for n, v in request_headers if n not in _CONNECTION_SPECIFIC]
-        if pool.hashing:
+        if pool.cluster.hashes_keys:
             proxied.key = self._hash_key(request_headers)
         # The balancer picks a host for this call alone (per-call balancing, see meshproxy.transport.h2_upstream).
         picked = pool.open_stream(proxied, headers, proxied.client_ended and not proxied.to_upstream, proxied.key)

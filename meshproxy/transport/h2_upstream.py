@@ -44,7 +44,6 @@ import h2.settings
 from meshproxy.cluster.outlier import Outcome
 from meshproxy.codecs.errors import DecodeError
 from meshproxy.codecs.http2 import FastData, FastWindows, FrameRouter, Goaway, end_stream_frame, goaway_frame
-from meshproxy.lb import MaglevBalancer, RingHashBalancer
 from meshproxy.transport.tls import client_context, count_upstream_failure, tls_connected
 
 if TYPE_CHECKING:
@@ -363,8 +362,6 @@ class H2UpstreamPool:
             if cluster.tls is None
             else client_context(cluster.tls, alpn=["h2"], where=f"clusters[{cluster.name}].tls")
         )
-        self.hashing = isinstance(cluster.balancer, (RingHashBalancer, MaglevBalancer))
-        """Whether the balancer uses a call's key: sessions compute one only then."""
         self.connections: list[H2UpstreamConnection] = []
         self.connecting: list[H2UpstreamConnection] = []
         self.waiting: deque[Waiting] = deque()

@@ -38,7 +38,6 @@ from bson.int64 import Int64
 
 from meshproxy.codecs.mongo import OpMsg, payload, summarize_reply
 from meshproxy.codecs.mongo._bson_peek import INT32, INT64, elements
-from meshproxy.lb import MaglevBalancer, RingHashBalancer
 from meshproxy.stats import Counter
 
 if TYPE_CHECKING:
@@ -169,7 +168,7 @@ class MongoRouter:
             route = self._route_transaction(message, cluster, op)
             if route is not None:
                 return route
-        return Route(Via.BALANCED, cluster.pick(self._key(op) if _hashes(cluster) else None))
+        return Route(Via.BALANCED, cluster.pick(self._key(op) if cluster.hashes_keys else None))
 
     def _key(self, op: MongoOperation) -> bytes | None:
         database = op.database
@@ -219,7 +218,7 @@ class MongoRouter:
         if lsid is None or not isinstance(number, int):
             return None
         if document.get("startTransaction"):
-            host = cluster.pick(self._key(op) if _hashes(cluster) else None)
+            host = cluster.pick(self._key(op) if cluster.hashes_keys else None)
             return Route(Via.BALANCED, host, transaction=(lsid, int(number)))
         entry = self.transactions.get(lsid)
         if entry is None or entry[0] != number:
@@ -264,15 +263,6 @@ class MongoRouter:
                 op.replace_response(_rebuilt(message, document))
         return summary
 
-    def forget_host(self, host: Host) -> None:
-        """``host`` left the cluster: its cursors and transactions are gone with it."""
-        for client_id, (owner, _) in list(self.cursors.items()):
-            if owner is host:
-                self._forget(client_id)
-        for lsid, (_, owner) in list(self.transactions.items()):
-            if owner is host:
-                del self.transactions[lsid]
-
     # -- bookkeeping ----------------------------------------------------------------------------------
 
     def _forget(self, client_id: int) -> None:
@@ -294,11 +284,6 @@ class MongoRouter:
             candidate = random.getrandbits(63)
             if candidate and candidate not in self.cursors:
                 return candidate
-
-
-def _hashes(cluster: Cluster) -> bool:
-    """Whether the cluster's balancer looks at keys (computing one costs a peek at the body)."""
-    return isinstance(cluster.balancer, RingHashBalancer | MaglevBalancer)
 
 
 def _first_int(body: bytes) -> int | None:

@@ -148,17 +148,6 @@ class MongoSession(Relay):
         self._retrying: dict[int, tuple[asyncio.TimerHandle, MongoOperation]] = {}
         """Operations waiting out their retry back-off, by id()."""
 
-    @property
-    def pending(self) -> dict[int, MongoOperation]:
-        """Every operation awaiting a reply, on any leg (requestIDs are the client's, unique per connection)."""
-        legs = self.legs
-        if len(legs) == 1:
-            return next(iter(legs.values())).pending
-        merged: dict[int, MongoOperation] = {}
-        for leg in legs.values():
-            merged.update(leg.pending)
-        return merged
-
     # -- legs -----------------------------------------------------------------------------------------
 
     def on_open(self) -> None:

@@ -197,13 +197,10 @@ def tls_connected(cluster: Cluster, transport: asyncio.BaseTransport, server_hos
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return
-    stats = SslStats.for_cluster(cluster.store, cluster.name)
-    stats.handshake.value += 1
+    stats = upstream_tls_stats(cluster)
+    stats.ssl.handshake.value += 1
     if ssl_object.session_reused:
-        cluster.store.counter(
-            f"cluster.{cluster.name}.ssl.session_reused", prom="meshproxy_cluster_ssl_session_reused",
-            labels={"cluster": cluster.name},
-        ).value += 1  # fmt: skip
+        stats.session_reused.value += 1
     context = ssl_object.context
     if isinstance(context, _ResumingContext) and server_hostname is not None:
         context.remember(server_hostname, ssl_object)
@@ -324,14 +321,36 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+@dataclass(slots=True)
+class UpstreamTlsStats:
+    """A cluster's ``ssl.*`` stats: the ones listeners keep too, and resumed sessions."""
+
+    ssl: SslStats
+    session_reused: Counter
+    """Handshakes towards a host that resumed the previous session (no certificate exchange)."""
+
+
+def upstream_tls_stats(cluster: Cluster) -> UpstreamTlsStats:
+    """The cluster's ``cluster.<name>.ssl.*`` stats, registered once (at its first TLS handshake or failure)."""
+    stats: UpstreamTlsStats | None = cluster.tls_stats
+    if stats is None:
+        labels = {"cluster": cluster.name}
+        stats = cluster.tls_stats = UpstreamTlsStats(
+            SslStats.for_cluster(cluster.store, cluster.name),
+            cluster.store.counter(
+                f"cluster.{cluster.name}.ssl.session_reused", prom="meshproxy_cluster_ssl_session_reused", labels=labels
+            ),
+        )
+    return stats
+
+
 def count_upstream_failure(cluster: Cluster, exc: BaseException) -> None:
     """Count and log a failed TLS handshake towards one of ``cluster``'s hosts (``cluster.<name>.ssl.*``).
     Anything that is not an ``ssl.SSLError`` (a refused or timed-out connect) is not a TLS failure and is
     left alone."""
     if not isinstance(exc, ssl.SSLError):
         return
-    stats = SslStats.for_cluster(cluster.store, cluster.name)
-    reason = stats.failed(exc)
+    reason = upstream_tls_stats(cluster).ssl.failed(exc)
     log.warning("cluster %s: TLS handshake failed (%s): %s", cluster.name, reason, describe(exc))
 
 

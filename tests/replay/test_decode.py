@@ -205,3 +205,32 @@ def test_compressed_mongo_traffic_decodes_to_what_pymongo_sent() -> None:
     # Both finds, the group-by aggregate and count_documents' aggregate (one document), over all their batches.
     expected = manifest["found"] + manifest["found_by_hint"] + manifest["groups"] + 1
     assert sum(op.documents or 0 for op in reads) == expected
+
+
+def test_garbage_inside_a_mongo_stream_is_reported_and_the_next_message_decodes() -> None:
+    """Bytes that are not a message (a corrupt capture, another protocol on the port) cost one note, not the
+    connection: the decoder searches on and pairs the next request with its reply as usual."""
+    from filters.wire import op_msg
+
+    from meshproxy.capture import Connection, Data, Direction
+    from meshproxy.codecs.mongo import encode_op_msg
+
+    conn = Connection(0, ("127.0.0.1", 40000), ("127.0.0.1", 27017), "syn")
+    c2s, s2c = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
+    first, second = op_msg({"ping": 1}, "admin"), op_msg({"find": "orders"}, "shop")
+    request_ids = [int.from_bytes(m[4:8], "little") for m in (first, second)]
+    replies = [encode_op_msg({"ok": 1.0}, request_id=90 + i, response_to=rid).raw for i, rid in enumerate(request_ids)]
+    garbage = b"\xff" * 20 + (2**31 - 1).to_bytes(4, "little") + b"\x00" * 1000  # declares 2 GB: never allocated
+    decoder = CaptureDecoder()
+    done: list[CapturedOperation] = []
+    sent = {c2s: 0, s2c: 0}  # each direction's stream offset
+    for step, (direction, data) in enumerate(
+        [(c2s, first), (s2c, replies[0]), (c2s, garbage), (c2s, second), (s2c, replies[1])]
+    ):
+        done += decoder.feed(Data(conn, direction, step * 1_000_000, sent[direction], data))
+        sent[direction] += len(data)
+    done += decoder.finish()
+    assert [(op.operation, op.status) for op in done] == [("ping", "ok"), ("find", "ok")]
+    notes = " | ".join(note.what for note in decoder.notes)
+    assert "undecodable message" in notes
+    assert "re-synchronised" in notes
